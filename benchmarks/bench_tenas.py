@@ -1,0 +1,185 @@
+"""Benchmark of TE-NAS: vectorised NTK Jacobian vs the released per-sample backward loop, and a whole search.
+
+Usage::
+
+    python benchmarks/bench_tenas.py --json bench-results/tenas.json [--device cuda] [--correlation-archs 50]
+
+* ``ntk``: on the TE-NAS NTK proxies (the NB201 super-net, C=3, batch 72, 32x32; the DARTS super-net, C=1,
+  batch 14) with every op live, time ``istanas.tenas.ntk_jacobian`` (``torch.func.jacrev`` over the batched
+  function, one vmapped VJP) against ``ntk_jacobian_loop`` (one forward, B backward passes, as released) on the
+  same network and batch; check both give the same Jacobian and kappa.  ``ntk_speedup_vs_loop`` = loop time /
+  vectorised time on the NB201 proxy.
+* ``search``: wall time of a whole NAS-Bench-201 TE-NAS search with the released settings (3 rounds, 3 repeats,
+  batch 72, 3000 patches), the found cell and, with the NAS-Bench-201 table, its accuracy.
+* ``correlations`` (``--correlation-archs N``): Kendall tau / Spearman rho of kappa_N and R_N against accuracy.
+
+Images: real CIFAR-10 training JPEGs from ``cifar10-jpg.zip`` (``--data-dir``, default ``../shared/data``), or a
+uint8 array [N, 32, 32, 3] saved with ``numpy.save`` (``--images-npy``), else scikit-learn digits.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import statistics
+import sys
+import time
+import zipfile
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from istanas.tenas import gram_condition, init_weights, ntk_jacobian, ntk_jacobian_loop  # noqa: E402
+from istanas.tenas_search import (TenasConfig, build_proxies, correlation_study, digits_images,  # noqa: E402
+                                  prepare_images, sample_ntk_batch, tenas_search)
+
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
+
+
+def load_cifar_uint8(zip_path: str, n: int, seed: int = 0) -> np.ndarray:
+    """``n`` random CIFAR-10 training images from the JPEG zip -> uint8 [n, 32, 32, 3]."""
+    from PIL import Image
+
+    with zipfile.ZipFile(zip_path) as zf:
+        names = sorted(nm for nm in zf.namelist() if "/train/" in nm and nm.lower().endswith(".jpg"))
+        pick = np.random.default_rng(seed).choice(len(names), size=min(n, len(names)), replace=False)
+        out = np.stack([np.asarray(Image.open(io.BytesIO(zf.read(names[i]))).convert("RGB")) for i in sorted(pick)])
+    return out
+
+
+def to_tensor(images_u8: np.ndarray) -> torch.Tensor:
+    """uint8 [N, H, W, 3] -> normalised float [N, 3, H, W] (CIFAR mean/std)."""
+    x = torch.from_numpy(images_u8).permute(0, 3, 1, 2).float() / 255.0
+    mean = torch.tensor(CIFAR_MEAN)[None, :, None, None]
+    std = torch.tensor(CIFAR_STD)[None, :, None, None]
+    return (x - mean) / std
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_call(fn, device: torch.device, reps: int) -> tuple[float, object]:
+    """Median wall time of ``reps`` calls after one warm-up call; returns (seconds, last result)."""
+    out = fn()
+    _sync(device)
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        out = fn()
+        _sync(device)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), out
+
+
+def bench_ntk(space: str, images: torch.Tensor, device: torch.device, reps: int, chunk: int | None) -> dict:
+    cfg = TenasConfig(space=space, device=str(device)).resolved()
+    ntk_net, _ = build_proxies(cfg)
+    ntk_net = ntk_net.to(device)
+    init_weights(ntk_net, "kaiming_fanout", seed=0)
+    x = sample_ntk_batch(prepare_images(images, cfg.input_size, device), cfg.ntk_batch, seed=0)
+    chunk = cfg.jac_chunk if chunk is None else chunk
+    t_vec, j_vec = time_call(lambda: ntk_jacobian(ntk_net, x, chunk_size=chunk or None), device, reps)
+    t_loop, j_loop = time_call(lambda: ntk_jacobian_loop(ntk_net, x), device, reps)
+    k_vec, k_loop = float(gram_condition(j_vec)), float(gram_condition(j_loop))
+    return {
+        "network": f"{space} NTK proxy (C={cfg.ntk_width}, all ops live)", "batch": cfg.ntk_batch,
+        "input_size": cfg.input_size, "num_params": int(j_vec.shape[1]), "jac_chunk": chunk,
+        "vectorised_s": t_vec, "loop_s": t_loop, "speedup": t_loop / t_vec,
+        "kappa_vectorised": k_vec, "kappa_loop": k_loop, "kappa_rel_diff": abs(k_vec - k_loop) / abs(k_loop),
+        "jacobian_max_abs_diff": float((j_vec - j_loop).abs().max()),
+        "jacobian_max_abs": float(j_loop.abs().max()),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--json", required=True, help="where to write the results")
+    ap.add_argument("--device", default="cpu")
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    ap.add_argument("--data-dir", default=os.environ.get("ISTANAS_SHARED_DATA",
+                                                          os.path.join(here, "..", "shared", "data")))
+    ap.add_argument("--images-npy", default=None, help="uint8 [N, 32, 32, 3] array (numpy.save), instead of the zip")
+    ap.add_argument("--save-images-npy", default=None, help="write the loaded uint8 images there and continue")
+    ap.add_argument("--num-images", type=int, default=2000)
+    ap.add_argument("--table", default=None, help="zc_nasbench201.json (default: <data-dir>/zc_nasbench201.json)")
+    ap.add_argument("--reps", type=int, default=3, help="timed calls per NTK variant (median)")
+    ap.add_argument("--jac-chunk", type=int, default=None, help="jacrev chunk size (default: auto per device)")
+    ap.add_argument("--skip-search", action="store_true")
+    ap.add_argument("--darts-search", action="store_true", help="also time a DARTS-space search")
+    ap.add_argument("--correlation-archs", type=int, default=0)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+
+    device = torch.device(args.device)
+    zip_path = os.path.join(args.data_dir, "cifar10-jpg.zip")
+    if args.images_npy:
+        u8 = np.load(args.images_npy, allow_pickle=False)
+        images, source = to_tensor(u8), f"CIFAR-10 train ({len(u8)} from {os.path.basename(args.images_npy)})"
+    elif os.path.isfile(zip_path):
+        u8 = load_cifar_uint8(zip_path, args.num_images, args.seed)
+        images, source = to_tensor(u8), f"CIFAR-10 train JPEGs ({len(u8)} random)"
+    else:
+        u8 = None
+        images, source = digits_images(32), "scikit-learn digits (fallback)"
+    if args.save_images_npy and u8 is not None:
+        np.save(args.save_images_npy, u8, allow_pickle=False)
+    table = args.table or os.path.join(args.data_dir, "zc_nasbench201.json")
+    table = table if os.path.isfile(table) else None
+
+    res: dict = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
+                 "images": source}
+    if device.type == "cuda":
+        res["gpu"] = torch.cuda.get_device_name(device)
+    res["ntk"] = {sp: bench_ntk(sp, images, device, args.reps, args.jac_chunk) for sp in ("nb201", "darts")}
+    res["ntk_speedup_vs_loop"] = res["ntk"]["nb201"]["speedup"]
+    for sp, r in res["ntk"].items():
+        print(f"[ntk {sp}] B={r['batch']} P={r['num_params']} vectorised {r['vectorised_s']:.3f}s  "
+              f"loop {r['loop_s']:.3f}s  speedup {r['speedup']:.2f}x  kappa {r['kappa_vectorised']:.4g} "
+              f"(rel diff vs loop {r['kappa_rel_diff']:.1e})")
+
+    if not args.skip_search:
+        cfg = TenasConfig(space="nb201", dataset="cifar10", device=str(device), repeats=args.repeats,
+                          seed=args.seed, table_path=table)
+        out = tenas_search(cfg, images)
+        res["search"] = {
+            "space": "nb201", "wall_time_s": out["wall_time_s"], "setup_time_s": out["setup_time_s"],
+            "arch": out["arch"], "in_table": out.get("in_table"), "val_accuracy_cifar10": out.get("accuracy"),
+            "rounds": [{k: v for k, v in r.items()} for r in out["rounds"]],
+            "config": out["config"],
+        }
+        res["nb201_search_wall_time_s"] = out["wall_time_s"]
+        print(f"[search nb201] {out['wall_time_s']:.1f}s on {device}: {out['arch']}  "
+              f"table acc: {out.get('accuracy')} (in table: {out.get('in_table')})")
+        if args.darts_search:
+            cfg_d = TenasConfig(space="darts", dataset="cifar10", device=str(device), repeats=args.repeats,
+                                seed=args.seed)
+            out_d = tenas_search(cfg_d, images)
+            res["search_darts"] = {"wall_time_s": out_d["wall_time_s"], "genotype": out_d["arch"],
+                                   "rounds": out_d["rounds"]}
+            print(f"[search darts] {out_d['wall_time_s']:.1f}s: {out_d['arch']}")
+
+    if args.correlation_archs > 0 and table is not None:
+        cfg = TenasConfig(space="nb201", dataset="cifar10", device=str(device), repeats=args.repeats,
+                          seed=args.seed)
+        corr = correlation_study(table, images, cfg, num_archs=args.correlation_archs, seed=args.seed)
+        res["correlations"] = corr
+        print(f"[correlations] {corr['num_archs']} archs ({corr['time_s']:.0f}s) Kendall tau: "
+              + ", ".join(f"{k} {v:+.3f}" for k, v in corr["kendall_tau"].items())
+              + " | Spearman rho: " + ", ".join(f"{k} {v:+.3f}" for k, v in corr["spearman_rho"].items()))
+
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+    with open(args.json, "w", encoding="utf-8") as f:
+        json.dump(res, f, indent=1, default=str)
+    print(f"ntk_speedup_vs_loop = {res['ntk_speedup_vs_loop']:.2f}  -> {args.json}")
+    return res
+
+
+if __name__ == "__main__":
+    main()

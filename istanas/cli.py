@@ -1,0 +1,286 @@
+"""Shared command-line plumbing for the ``launch/*.py`` scripts.
+
+Every launcher takes the same common flags (:func:`add_common_args`), builds its typed config with one precedence
+rule (:func:`build_config`: dataclass defaults < ``--config`` YAML < explicit flags < ``--set``), writes
+``OUT/run_info.json`` (:func:`write_run_info`), checkpoints every epoch to ``OUT/checkpoint.pt``
+(:func:`checkpoint_hook`), refuses to overwrite an existing run unless ``--resume`` is given (:func:`load_resume`),
+logs ``OUT/metrics.jsonl`` (:func:`metrics_logger`), and turns user errors into a one-line message with exit
+status 2 (:func:`main_guard`).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as _dt
+import importlib
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from typing import Any, Callable, Mapping, Optional, TypeVar
+
+from . import checkpoint as ckpt
+from .config import ConfigError, from_dict, merge_overrides, read_yaml, to_dict
+
+T = TypeVar("T")
+
+CHECKPOINT_NAME = "checkpoint.pt"
+METRICS_NAME = "metrics.jsonl"
+RUN_INFO_NAME = "run_info.json"
+
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ----------------------------------------------------------------------------------------------------------- args
+def add_common_args(parser: argparse.ArgumentParser, *, default_out: str) -> None:
+    """Add ``--config --set --out --resume --device --seed --no-progress`` to ``parser``.
+
+    ``--device`` and ``--seed`` default to ``None`` ("not given"), so a value from ``--config`` is kept unless the
+    flag is passed explicitly; :func:`build_config` applies them to configs that have such fields.
+    """
+    g = parser.add_argument_group("common options")
+    g.add_argument("--config", metavar="PATH", default=None,
+                   help="YAML file with config values (overrides the built-in defaults)")
+    g.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="set",
+                   help="override one config value, parsed as YAML; dotted keys reach nested configs "
+                        "(e.g. --set data.batch_size=64 --set lr=0.05); repeatable, applied last")
+    g.add_argument("--out", metavar="DIR", default=default_out,
+                   help=f"output folder for checkpoint, metrics and results (default: {default_out})")
+    g.add_argument("--resume", action="store_true",
+                   help=f"continue the run in --out from its {CHECKPOINT_NAME}")
+    g.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None,
+                   help="where to train (default: the config's value, normally auto = CUDA when available)")
+    g.add_argument("--seed", type=int, default=None, metavar="N", help="random seed (default: the config's value)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars (e.g. for log files)")
+    parser.set_defaults(_out_default=default_out)
+
+
+def _set_path(data: dict, path: list[str], value: Any) -> None:
+    node = data
+    for p in path[:-1]:
+        child = node.get(p)
+        child = dict(child) if isinstance(child, Mapping) else {}
+        node[p] = child
+        node = child
+    node[path[-1]] = value
+
+
+def _deep_merge(base: Mapping[str, Any], extra: Mapping[str, Any], *, skip_none: bool = True) -> dict:
+    """Merge ``extra`` into a copy of ``base``; nested mappings merge, ``None`` values are skipped when
+    ``skip_none`` (a flag not given), and dotted keys (``"data.dataset"``) address nested configs."""
+    out = {k: (_deep_merge({}, v, skip_none=False) if isinstance(v, Mapping) else v) for k, v in base.items()}
+    for key, value in extra.items():
+        if value is None and skip_none:
+            continue
+        path = str(key).replace("-", "_").split(".")
+        if isinstance(value, Mapping):
+            node = out
+            for p in path:
+                child = node.get(p)
+                node[p] = dict(child) if isinstance(child, Mapping) else {}
+                node = node[p]
+            merged = _deep_merge(node, value, skip_none=skip_none)
+            node.clear()
+            node.update(merged)
+        else:
+            _set_path(out, path, value)
+    return out
+
+
+def build_config(cls: type[T], args: argparse.Namespace, extra: Optional[dict] = None, *,
+                 base: Optional[Mapping[str, Any]] = None) -> T:
+    """The job config: dataclass defaults < ``base`` (a preset) < ``--config`` YAML < explicit flags < ``--set``,
+    then ``validate()``.
+
+    ``extra`` holds the launcher's own explicit flags (``None`` = not given); dotted keys or nested dicts reach
+    nested configs.  The common ``--device``/``--seed`` flags are applied when ``cls`` has such fields, and
+    ``--out`` when ``cls`` has an ``out`` field (unless ``--out`` was left at its default and the YAML names one).
+    Raises :class:`ConfigError` (a ``ValueError``) naming the bad field.
+    """
+    data: dict[str, Any] = _deep_merge({}, base or {})
+    if getattr(args, "config", None):
+        data = _deep_merge(data, read_yaml(args.config), skip_none=False)
+    names = {f.name for f in dataclasses.fields(cls)}
+    common = {k: getattr(args, k, None) for k in ("device", "seed") if k in names}
+    out = getattr(args, "out", None)
+    if "out" in names and out is not None and (out != getattr(args, "_out_default", None) or "out" not in data):
+        common["out"] = out
+    data = _deep_merge(data, common)
+    data = _deep_merge(data, extra or {})
+    data = merge_overrides(data, list(getattr(args, "set", None) or []))
+    cfg = from_dict(cls, data)
+    validate = getattr(cfg, "validate", None)
+    if callable(validate):
+        validate()
+    return cfg
+
+
+# ----------------------------------------------------------------------------------------------------- main guard
+def main_guard(fn: Callable[[], Any]) -> int:
+    """Run ``fn()`` and map outcomes to exit codes.
+
+    Returns ``fn``'s integer result (0 when it returns anything else).  ``ConfigError`` / ``ValueError`` /
+    ``FileNotFoundError`` print ``error: ...`` on stderr and give 2; ``KeyboardInterrupt`` prints how to resume and
+    gives 130.  Other exceptions propagate with their traceback (they are bugs, not user errors).
+    """
+    try:
+        rc = fn()
+    except KeyboardInterrupt:
+        print("\ninterrupted; resume with --resume (same --out)", file=sys.stderr)
+        return 130
+    except (ConfigError, ValueError, FileNotFoundError) as e:
+        msg = str(e)
+        if isinstance(e, FileNotFoundError) and e.filename and e.filename not in msg:
+            msg = f"{msg}: {e.filename}"
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+    return rc if isinstance(rc, int) and not isinstance(rc, bool) else 0
+
+
+# -------------------------------------------------------------------------------------------------------- run info
+_LIBS = ("torch", "torchvision", "numpy", "ray", "optuna", "cvxpy", "sklearn", "yaml")
+
+
+def library_versions() -> dict[str, str]:
+    """Python and library versions (only those importable)."""
+    out = {"python": platform.python_version()}
+    for name in _LIBS:
+        try:
+            mod = importlib.import_module(name)
+        except Exception:
+            continue
+        out[name] = str(getattr(mod, "__version__", "unknown"))
+    return out
+
+
+def git_commit(path: str = _REPO_ROOT) -> Optional[str]:
+    """The git commit of the checkout at ``path`` (``+dirty`` when modified), or ``None``."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True, timeout=5)
+        if sha.returncode != 0:
+            return None
+        commit = sha.stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=path,
+                               capture_output=True, text=True, timeout=5)
+        if dirty.returncode == 0 and dirty.stdout.strip():
+            commit += "+dirty"
+        return commit
+    except Exception:
+        return None
+
+
+def _device_info(cfg: Any) -> dict[str, Any]:
+    info: dict[str, Any] = {"requested": getattr(cfg, "device", None)}
+    try:
+        import torch
+
+        info["cuda_available"] = bool(torch.cuda.is_available())
+        if torch.cuda.is_available():
+            info["cuda_name"] = torch.cuda.get_device_name(0)
+            info["cuda_count"] = torch.cuda.device_count()
+        info["cpu_threads"] = torch.get_num_threads()
+    except Exception:
+        pass
+    info["host"] = platform.node()
+    return info
+
+
+def write_run_info(out_dir: str | os.PathLike, cfg: Any, seed: Optional[int]) -> None:
+    """Atomically write ``OUT/run_info.json``: config, seed, versions, device, git commit, start time, argv."""
+    info = {
+        "config": to_dict(cfg) if dataclasses.is_dataclass(cfg) else cfg,
+        "config_class": type(cfg).__name__,
+        "seed": seed,
+        "versions": library_versions(),
+        "device": _device_info(cfg),
+        "git_commit": git_commit(),
+        "start_time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "argv": list(sys.argv),
+    }
+    ckpt.atomic_write_json(os.path.join(os.fspath(out_dir), RUN_INFO_NAME), info)
+
+
+# ------------------------------------------------------------------------------------------ checkpoint and resume
+def checkpoint_path(out_dir: str | os.PathLike) -> str:
+    return os.path.join(os.fspath(out_dir), CHECKPOINT_NAME)
+
+
+def checkpoint_hook(out_dir: str | os.PathLike) -> Callable[[dict], None]:
+    """A hook for :func:`istanas.engine.run` that saves every state atomically to ``OUT/checkpoint.pt``."""
+    path = checkpoint_path(out_dir)
+
+    def hook(state: dict) -> None:
+        ckpt.save(state, path)
+
+    return hook
+
+
+def load_resume(out_dir: str | os.PathLike, resume: bool) -> Optional[dict]:
+    """The state to resume from, or ``None`` for a fresh run.
+
+    With ``resume`` a missing checkpoint is a ``FileNotFoundError``; without it an existing checkpoint in
+    ``out_dir`` is a ``ConfigError`` (never silently overwrite work).
+    """
+    path = checkpoint_path(out_dir)
+    if resume:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"--resume: no checkpoint at {path}; start a fresh run without --resume")
+        return ckpt.load(path)
+    if os.path.exists(path):
+        raise ConfigError(f"{path} exists; pass --resume to continue that run or another --out")
+    return None
+
+
+# --------------------------------------------------------------------------------------------------------- metrics
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            return str(v)
+        if v != 0 and (abs(v) < 1e-3 or abs(v) >= 1e5):
+            return f"{v:.3e}"
+        return f"{v:.4f}"
+    return str(v)
+
+
+def metrics_logger(out_dir: str | os.PathLike, *, echo: bool = True, stream=None,
+                   resume_epoch: Optional[int] = None) -> Callable[[dict], None]:
+    """A report callback: appends one JSON line per call to ``OUT/metrics.jsonl`` and prints a one-line summary.
+
+    ``resume_epoch``: when resuming from a checkpoint taken after that epoch, rows of later epochs (written by the
+    interrupted run after its last checkpoint) are dropped first, so the file ends with one row per epoch.
+    """
+    path = os.path.join(os.fspath(out_dir), METRICS_NAME)
+    os.makedirs(os.fspath(out_dir), exist_ok=True)
+    if resume_epoch is not None and os.path.isfile(path):
+        kept = []
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut short by the interruption
+                if not isinstance(row, dict) or int(row.get("epoch", 0)) <= resume_epoch:
+                    kept.append(json.dumps(row, sort_keys=True) + "\n")
+        ckpt.atomic_write_text(path, "".join(kept))
+
+    def log(metrics: dict) -> None:
+        row = dict(metrics)
+        row.setdefault("time", time.time())
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row, sort_keys=True, default=ckpt._json_default) + "\n")
+            f.flush()
+        if echo:
+            parts = [f"epoch {metrics['epoch']}"] if "epoch" in metrics else []
+            parts += [f"{k} {_fmt(v)}" for k, v in metrics.items()
+                      if k not in ("epoch", "time") and isinstance(v, (int, float)) and not isinstance(v, bool)]
+            print(" | ".join(parts), file=stream or sys.stdout, flush=True)
+
+    return log
+
+
+def repo_root() -> str:
+    """The checkout root (the folder holding ``istanas/``)."""
+    return _REPO_ROOT

@@ -1,0 +1,157 @@
+#!/usr/bin/env python
+"""Search a DARTS-space cell: two-stage ISTA-NAS (paper Algorithm 1) or the first-order DARTS baseline.
+
+Writes into --out: run_info.json (config, seed, library versions, git commit), metrics.jsonl (one line per epoch:
+train / validation loss and accuracy, support churn, per-node ||z_new - z_old||, step time, peak memory),
+checkpoint.pt (every epoch: weights, b, A, optimisers, RNG states; --resume continues from it), genotype.json, the
+cells as PNG and SVG, and result.json.  Ends by printing the genotype and the path of genotype.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _ROOT not in sys.path:  # run from a checkout without installation
+    sys.path.insert(0, _ROOT)
+
+from istanas import cli  # noqa: E402
+from istanas.data import DATASETS  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Method:
+    """One search method of the dispatch table: how to build its config and run it."""
+
+    help: str
+    load: Callable[[], tuple[type, Callable[[str], dict], Callable[..., dict]]]  # -> (config class, preset dict, search)
+    presets: tuple[str, ...] = ("small", "reference")
+    extra_flags: tuple[str, ...] = ()          # launcher flags this method understands (besides the common ones)
+
+
+def _twostage():
+    from istanas.twostage import TwoStageConfig, preset_dict, search
+
+    return TwoStageConfig, lambda name: preset_dict(name, TwoStageConfig), search
+
+
+def _darts():
+    from istanas.darts import DartsConfig, search
+    from istanas.twostage import preset_dict
+
+    return DartsConfig, lambda name: preset_dict(name, DartsConfig), search
+
+
+#: method name -> Method.  Add an entry (and its loader) to expose another search method.
+METHODS: dict[str, Method] = {
+    "twostage": Method("two-stage ISTA-NAS, paper Algorithm 1 (sparse super-net, recovery of z from b)", _twostage,
+                       extra_flags=("recover_every", "epsilon")),
+    "darts": Method("first-order DARTS baseline on the same 7-op cells (dense mixed op, softmax alpha)", _darts),
+}
+
+EPILOG = """\
+precedence: preset < --config YAML < the flags above < --set KEY=VALUE.
+
+examples:
+  # the default small search on scikit-learn's digits (minutes on a CPU)
+  python launch/search.py --method twostage
+  # the reference's schedule: recover once per epoch instead of every step
+  python launch/search.py --method twostage --recover-every epoch --out runs/search-epoch
+  # the DARTS baseline on the same cells and data
+  python launch/search.py --method darts
+  # the reference's CIFAR-10 search (50 epochs, batch 256, lr 0.1, arch lr 6e-4, 16 channels, 8 cells)
+  python launch/search.py --method twostage --preset reference --data-root ../shared/data/cifar10-jpg.zip
+  # any value, e.g. the sparse-coding settings
+  python launch/search.py --set recovery.lam=1e-3 --set recovery.s=3 --set epochs=20
+  # continue an interrupted run
+  python launch/search.py --method twostage --out runs/search-twostage --resume
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="launch/search.py", description=__doc__, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--method", choices=sorted(METHODS), default="twostage",
+                   help="; ".join(f"{k}: {m.help}" for k, m in METHODS.items()) + " (default: twostage)")
+    p.add_argument("--preset", default=None,
+                   help="a whole setup: small (digits, a few CPU minutes; default) or reference (the reference's "
+                        "CIFAR-10 search)")
+    p.add_argument("--dataset", choices=DATASETS, help="dataset (default: the preset's)")
+    p.add_argument("--data-root", metavar="PATH", help="dataset folder or .zip (CIFAR batches, ImageFolder, zip)")
+    p.add_argument("--epochs", type=int, metavar="N", help="search epochs (default: the preset's)")
+    p.add_argument("--batch-size", type=int, metavar="N", help="batch size (default: the preset's)")
+    p.add_argument("--recover-every", choices=["step", "epoch"],
+                   help="twostage: recover z every step (the paper, default) or once per epoch (the reference)")
+    p.add_argument("--epsilon", type=float, metavar="EPS",
+                   help="twostage: stop once every node's ||z_new - z_old|| over an epoch is <= EPS (0 = off)")
+    cli.add_common_args(p, default_out="runs/search-<method>")
+    return p
+
+
+def _base_config(args: argparse.Namespace, preset_fn: Callable[[str], dict], method: Method) -> dict:
+    """The layer under --config: the resumed run's own config, else the named preset (default small)."""
+    if args.resume:
+        info = os.path.join(args.out, cli.RUN_INFO_NAME)
+        if os.path.isfile(info):
+            with open(info, encoding="utf-8") as f:
+                cfg = json.load(f).get("config")
+            if isinstance(cfg, dict):
+                return cfg
+    name = args.preset or "small"
+    if name not in method.presets:
+        raise ValueError(f"--preset: {args.method} has presets {list(method.presets)}, got {name!r}")
+    return preset_fn(name)
+
+
+def _run(args: argparse.Namespace) -> int:
+    method = METHODS[args.method]
+    if args.out == "runs/search-<method>":
+        args.out = f"runs/search-{args.method}"
+        args._out_default = args.out
+    for flag in ("recover_every", "epsilon"):
+        if getattr(args, flag) is not None and flag not in method.extra_flags:
+            raise ValueError(f"--{flag.replace('_', '-')}: not an option of --method {args.method}")
+    for flag in ("epochs", "batch_size"):
+        v = getattr(args, flag)
+        if v is not None and v < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {v}")
+    cfg_cls, preset_fn, search = method.load()
+    extra: dict[str, Any] = {"data.dataset": args.dataset, "data.root": args.data_root, "epochs": args.epochs,
+                             "data.batch_size": args.batch_size, "recover_every": args.recover_every,
+                             "epsilon": args.epsilon, "out": args.out if args.resume else None}
+    cfg = cli.build_config(cfg_cls, args, extra, base=_base_config(args, preset_fn, method))
+    out = cfg.out
+    state = cli.load_resume(out, args.resume)
+    if state is None:
+        cli.write_run_info(out, cfg, cfg.seed)
+    done = int(state["epoch"]) if state is not None else 0
+    desc = f"{args.method} search on {cfg.data.dataset}: {cfg.epochs} epochs, C={cfg.C}, layers={cfg.layers}, " \
+           f"batch {cfg.data.batch_size}, device={cfg.device}"
+    if args.method == "twostage":
+        desc += f", recover every {cfg.recover_every}, lambda={cfg.recovery.lam}, s={cfg.recovery.s}, " \
+                f"m={cfg.recovery.m}"
+    print(desc + f", out={out}" + (f" (resuming after epoch {done})" if state is not None else ""), flush=True)
+    result = search(cfg, report=cli.metrics_logger(out, resume_epoch=done), checkpoint=cli.checkpoint_hook(out),
+                    resume=state, progress=not args.no_progress)
+    from istanas.twostage import write_outputs
+
+    paths = write_outputs(result, out)
+    final = result["final"]
+    print(f"done: {final.get('epochs')} epochs, val_acc {final.get('val_acc', float('nan')):.4f}, "
+          f"{result['wall_time_s']:.1f} s search time", flush=True)
+    print(result["genotype"])
+    print(f"genotype {result['genotype_digest']} -> {paths['genotype']}", flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return cli.main_guard(lambda: _run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

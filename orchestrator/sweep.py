@@ -1,0 +1,355 @@
+"""The sweep driver: a Ray Tune experiment of two-stage searches, then the post-processing actor.
+
+:func:`run_sweep` is the whole job (``launch/sweep.py`` wraps it):
+
+1. validate the config and check the experiment folder (fresh: must not exist; ``resume``: must be restorable)
+   -- all before ``ray.init``;
+2. start (or join) Ray: an embedded local Ray with the dashboard on ``dashboard_host`` (127.0.0.1 unless asked),
+   or a running cluster (``address`` / ``RAY_ADDRESS``; the code travels as ``runtime_env`` py_modules);
+3. create the sweep's named post-processing actor;
+4. run a ``Tuner``: the function trainable of :mod:`orchestrator.tune_trial` with per-trial resources,
+   ``OptunaSearch`` (TPE, seeded) behind a ``ConcurrencyLimiter``, an ``ASHAScheduler`` over search epochs,
+   trial checkpoints kept by Tune, ``RunConfig(storage_path, name)``; or ``Tuner.restore`` of the same
+   experiment (searcher state included) with ``resume``;
+5. a Tune :class:`SweepCallback` keeps the custom metrics and streams finished trials to the actor, and prints a
+   line per finished trial; at the end the full ``ResultGrid`` goes to the actor too, which retrains the top-k
+   and writes the table and report.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+from istanas.config import ConfigError
+from ray.tune import Callback
+
+from .metrics import SweepMetrics
+from .postprocess import NAMESPACE, actor_name, create_postprocessor, record_from_result, record_from_trial
+from .sweep_config import INT_PARAMS, LOG_DEFAULT, SweepConfig, build_search_config
+from .tune_trial import make_trainable
+
+CONFIG_NAME = "sweep_config.json"
+
+
+# ---------------------------------------------------------------------------------------------- search space
+def param_space(cfg: SweepConfig) -> dict[str, Any]:
+    """The Tune search space: log-uniform / uniform floats, inclusive integer ranges, choices; fixed values are
+    constants (recorded in every trial's config).  With ``m_per_node`` node j samples m_j in
+    [low, min(high, n_j)]."""
+    from ray import tune
+
+    def domain(name: str, r, high_cap: Optional[int] = None) -> Any:
+        if r.kind == "value":
+            return r.value
+        if r.kind == "choices":
+            return tune.choice(list(r.choices))
+        log = LOG_DEFAULT[name] if r.log is None else bool(r.log)
+        if name in INT_PARAMS:
+            lo, hi = int(r.low), int(r.high)
+            if high_cap is not None:
+                hi = min(hi, high_cap)
+            return tune.lograndint(lo, hi + 1) if log else tune.randint(lo, hi + 1)
+        return tune.loguniform(float(r.low), float(r.high)) if log else tune.uniform(float(r.low), float(r.high))
+
+    space: dict[str, Any] = {}
+    for name, r in cfg.space_params().items():
+        if name == "m" and cfg.space.m_per_node:
+            for j, nj in enumerate(cfg.node_sizes()):
+                if r.kind == "choices":
+                    space[f"m_{j}"] = tune.choice([c for c in r.choices if c <= nj])
+                elif r.kind == "value":
+                    space[f"m_{j}"] = min(int(r.value), nj)
+                else:
+                    space[f"m_{j}"] = domain("m", r, high_cap=nj)
+        else:
+            space[name] = domain(name, r)
+    return space
+
+
+def search_epochs(cfg: SweepConfig) -> int:
+    """Epochs of one search (not searched): the base two-stage config's."""
+    return int(build_search_config(cfg, {}, validate=False).epochs)
+
+
+def trial_dirname(trial: Any) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+def trial_name(trial: Any) -> str:
+    return f"istanas_{trial.trial_id}"
+
+
+# ------------------------------------------------------------------------------------------------ Tune callback
+class SweepCallback(Callback):
+    """Tune callback: custom metrics, finished trials to the actor, one terminal line per finished trial.  It holds
+    only names (the actor is looked up by name), so Tune can pickle it with the experiment and
+    ``Tuner.restore`` brings it back."""
+
+    def __init__(self, name: str, total: int, echo: bool = True):
+        self.name = name
+        self.total = total
+        self.echo = echo
+        self.metrics = SweepMetrics(name)
+        self._actor = None
+        self._finished: set[str] = set()
+
+    def __getstate__(self) -> dict:
+        return {"name": self.name, "total": self.total, "echo": self.echo}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["name"], state["total"], state["echo"])
+
+    def _send(self, trial: Any) -> None:
+        import ray
+
+        if self._actor is None:
+            try:
+                self._actor = ray.get_actor(actor_name(self.name), namespace=NAMESPACE)
+            except ValueError:
+                return
+        self._actor.add_trial.remote(record_from_trial(trial))
+
+    def _running(self, trials: list) -> None:
+        self.metrics.trials_running(sum(1 for t in trials if t.status == "RUNNING"))
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._running(trials)
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        churn = result.get("support_churn")
+        if isinstance(churn, (int, float)):
+            self.metrics.support_churn(trial.trial_id, churn)
+
+    def _finish(self, trials: list, trial: Any, status: str) -> None:
+        self._running(trials)
+        if trial.trial_id in self._finished:
+            return
+        self._finished.add(trial.trial_id)
+        self.metrics.trial_finished(status)
+        self._send(trial)
+        if self.echo:
+            r = trial.last_result or {}
+            done = sum(1 for t in trials if t.status in ("TERMINATED", "ERROR") and t is not trial) + 1
+            if status == "ERROR":
+                what = "failed"
+            elif r.get("search_done"):
+                what = (f"finished: objective {r.get('objective', float('nan')):.4f}, "
+                        f"genotype {r.get('genotype_digest', '?')}")
+            else:
+                what = (f"stopped early by ASHA at epoch {r.get('epoch', '?')} "
+                        f"(val_acc {r.get('val_acc', float('nan')):.4f})")
+            print(f"[sweep {self.name}] trial {trial.trial_id} {what} ({min(done, self.total)}/{self.total} done)",
+                  flush=True)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._finish(trials, trial, "TERMINATED")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._finish(trials, trial, "ERROR")
+
+
+# ---------------------------------------------------------------------------------------------------- tuner
+def build_tuner(cfg: SweepConfig, *, search_fn: Optional[Callable] = None, echo: bool = True,
+                resume: bool = False):
+    """The ``Tuner`` of ``cfg`` (or ``Tuner.restore`` of its experiment with ``resume``)."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    res = cfg.resources_per_trial
+    trainable = tune.with_resources(make_trainable(cfg, search_fn), {"cpu": res.cpu, "gpu": res.gpu})
+    if resume:
+        return tune.Tuner.restore(cfg.experiment_path, trainable=trainable, resume_unfinished=True,
+                                  resume_errored=False, restart_errored=False)
+    searcher = OptunaSearch(metric=cfg.metric, mode=cfg.mode, seed=cfg.seed,
+                            points_to_evaluate=[dict(p) for p in cfg.points_to_evaluate] or None)
+    search_alg = ConcurrencyLimiter(searcher, max_concurrent=cfg.max_concurrent)
+    if cfg.asha.enabled:
+        max_t = cfg.asha.max_t or search_epochs(cfg)
+        scheduler = ASHAScheduler(time_attr="epoch", metric="val_acc", mode="max", max_t=max_t,
+                                  grace_period=min(cfg.asha.grace_period, max_t),
+                                  reduction_factor=cfg.asha.reduction_factor, brackets=1, stop_last_trials=False)
+    else:
+        scheduler = FIFOScheduler()
+    tune_config = tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=cfg.num_samples,
+                                  reuse_actors=cfg.reuse_actors, trial_name_creator=trial_name,
+                                  trial_dirname_creator=trial_dirname)
+    run_config = tune.RunConfig(
+        name=cfg.name, storage_path=cfg.storage,
+        callbacks=[SweepCallback(cfg.name, cfg.num_samples, echo)],
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+        failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
+        verbose=cfg.verbose if echo else 0)
+    return tune.Tuner(trainable, param_space=param_space(cfg), tune_config=tune_config, run_config=run_config)
+
+
+# ----------------------------------------------------------------------------------------- experiment folder
+def _fs(path: str):
+    import pyarrow.fs as pafs
+
+    return pafs.FileSystem.from_uri(path)
+
+
+def experiment_exists(cfg: SweepConfig) -> bool:
+    if not cfg.is_uri:
+        p = cfg.experiment_path
+        return os.path.isdir(p) and any(n != "results" for n in os.listdir(p))
+    import pyarrow.fs as pafs
+
+    fs, p = _fs(cfg.experiment_path)
+    return fs.get_file_info(p).type != pafs.FileType.NotFound
+
+
+def can_restore(cfg: SweepConfig) -> bool:
+    from ray.tune import Tuner
+
+    return Tuner.can_restore(cfg.experiment_path)
+
+
+def check_experiment(cfg: SweepConfig, resume: bool) -> None:
+    """Fresh sweep: the experiment folder must not exist; ``resume``: it must hold a restorable experiment."""
+    if resume:
+        if not can_restore(cfg):
+            raise ConfigError(f"--resume: no restorable sweep at {cfg.experiment_path}; start it without --resume")
+        return
+    if experiment_exists(cfg):
+        raise ConfigError(f"{cfg.experiment_path} exists; pass --resume to continue that sweep, or choose another "
+                          f"--name / --storage-path")
+
+
+def save_sweep_config(cfg: SweepConfig) -> None:
+    text = json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n"
+    path = f"{cfg.experiment_path}/{CONFIG_NAME}"
+    if cfg.is_uri:
+        fs, p = _fs(path)
+        with fs.open_output_stream(p) as f:
+            f.write(text.encode())
+        return
+    from istanas.checkpoint import atomic_write_text
+
+    atomic_write_text(path, text)
+
+
+def load_saved_config(storage_path: str, name: str) -> Optional[dict]:
+    """The config a sweep was started with (``<storage>/<name>/sweep_config.json``), or None."""
+    cfg = SweepConfig(name=name, storage_path=storage_path)
+    path = f"{cfg.experiment_path}/{CONFIG_NAME}"
+    try:
+        if cfg.is_uri:
+            fs, p = _fs(path)
+            with fs.open_input_stream(p) as f:
+                return json.loads(f.read().decode())
+        if not os.path.isfile(path):
+            return None
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+# -------------------------------------------------------------------------------------------------------- ray
+def _package_dirs() -> list[str]:
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return [os.path.join(root, p) for p in ("istanas", "spaces", "orchestrator")
+            if os.path.isdir(os.path.join(root, p))]
+
+
+def init_ray(cfg: SweepConfig, echo: bool = True) -> bool:
+    """Start an embedded local Ray or join ``cfg.address`` / ``RAY_ADDRESS``; returns True when this call
+    started (and so should shut down) Ray.  Token authentication stays as Ray sets it up."""
+    import ray
+
+    # Tune forces an experiment snapshot whenever a trial has written keep_checkpoints checkpoints since the
+    # last one (what makes --resume exact); its warning about that is noise here.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    if ray.is_initialized():
+        return False
+    address = cfg.address or os.environ.get("RAY_ADDRESS") or None
+    if address:
+        ctx = ray.init(address=address, namespace=NAMESPACE, log_to_driver=True,
+                       runtime_env={"py_modules": _package_dirs(),
+                                    "env_vars": {"PYTHONUNBUFFERED": "1"}})
+    else:
+        ctx = ray.init(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, include_dashboard=cfg.dashboard,
+                       dashboard_host=cfg.dashboard_host, dashboard_port=cfg.dashboard_port,
+                       namespace=NAMESPACE, log_to_driver=True)
+    if echo:
+        url = getattr(ctx, "dashboard_url", None)
+        where = f"cluster at {address}" if address else "local Ray"
+        res = ray.cluster_resources()
+        print(f"[sweep {cfg.name}] {where}: {res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs", flush=True)
+        if url:
+            print(f"[sweep {cfg.name}] Ray dashboard: http://{url} (token auth is on: `ray get-auth-token` prints "
+                  f"the token it asks for); custom metrics ray_istanas_sweep_* on each node's Prometheus "
+                  f"metrics port", flush=True)
+    return True
+
+
+# ------------------------------------------------------------------------------------------------------ driver
+@dataclass
+class SweepOutcome:
+    """What a sweep produced: paths of the table and report, the best trial, counts and times."""
+
+    experiment_path: str
+    table_csv: str
+    table_parquet: str
+    report_md: Optional[str]
+    report_html: Optional[str]
+    best_genotype_path: Optional[str]
+    best: Optional[dict]
+    num_trials: int
+    num_errors: int
+    tune_time_s: float
+    wall_time_s: float
+    summary: dict = field(default_factory=dict)
+
+
+def run_sweep(cfg: SweepConfig, *, resume: bool = False, search_fn: Optional[Callable] = None,
+              echo: bool = True, validate: bool = True) -> SweepOutcome:
+    """Run (or resume) the sweep ``cfg`` end to end; see the module docstring.  Uses an already initialised Ray
+    as is (and leaves it running), otherwise starts one and shuts it down at the end."""
+    t0 = time.perf_counter()
+    if validate:
+        cfg.validate()
+    check_experiment(cfg, resume)
+    started = init_ray(cfg, echo)
+    import ray
+
+    actor = None
+    try:
+        if not resume:
+            save_sweep_config(cfg)
+        actor = create_postprocessor(cfg)
+        tuner = build_tuner(cfg, search_fn=search_fn, echo=echo, resume=resume)
+        t1 = time.perf_counter()
+        grid = tuner.fit()
+        tune_s = time.perf_counter() - t1
+        records = [record_from_result(r) for r in grid]
+        ray.get(actor.add_trials.remote(records))
+        if echo:
+            print(f"[sweep {cfg.name}] {len(records)} trials in {tune_s:.1f} s; post-processing "
+                  f"(retrain top-{cfg.retrain.top_k} x {len(cfg.retrain.seeds)} seeds)", flush=True)
+        summary = ray.get(actor.finalize.remote())
+    finally:
+        if actor is not None:
+            try:
+                ray.kill(actor)
+            except Exception:
+                pass
+        if started:
+            ray.shutdown()
+    wall = time.perf_counter() - t0
+    out = SweepOutcome(experiment_path=cfg.experiment_path, table_csv=summary["table_csv"],
+                       table_parquet=summary["table_parquet"], report_md=summary["report_md"],
+                       report_html=summary["report_html"], best_genotype_path=summary["best_genotype_path"],
+                       best=summary["best"], num_trials=summary["num_trials"], num_errors=summary["num_errors"],
+                       tune_time_s=tune_s, wall_time_s=wall, summary=summary)
+    return out
+
+
+__all__ = ["run_sweep", "build_tuner", "param_space", "search_epochs", "init_ray", "check_experiment",
+           "load_saved_config", "save_sweep_config", "SweepCallback", "SweepOutcome", "CONFIG_NAME"]

@@ -1,0 +1,716 @@
+"""The sweep's typed config: ranges, objective, ASHA, resources, retraining; validated before Ray starts.
+
+A sweep searches the hyper-parameters of the two-stage ISTA-NAS search (paper Algorithm 1):
+
+* ``lam``      lambda of the LASSO recovery (Eq. 9), log-uniform by default;
+* ``s``        support size per node (ops kept per node), 1 <= s <= n_j;
+* ``m``        rows m_j of the measurement matrix A_j (b_j = A_j z_j in R^{m_j}), one value for all nodes or one per
+               node (``m_per_node: true`` searches ``m_0 .. m_3``), 1 <= m_j <= n_j;
+* ``epsilon``  the convergence threshold (0 = off);
+* ``lr`` / ``arch_lr`` (optional) the weight and architecture learning rates.
+
+Node j of a DARTS cell has n_j = (2 + j) K candidates (K = 7 ops, the reference drops ``none``): 14, 21, 28, 35.
+A range is ``{low, high, log}``, ``{choices: [...]}`` or ``{value: x}`` (fixed: recorded in every trial's config,
+not searched).  :func:`load_sweep_config` merges defaults < YAML < ``key=value`` overrides and calls
+:meth:`SweepConfig.validate`, which checks every field and builds the two-stage config at the corners of the
+space, so that bad input is rejected (``ConfigError``, a ``ValueError``) before ``ray.init``.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional, Sequence
+
+from istanas.config import ConfigError, check, from_dict, parse_override, read_yaml, to_dict
+
+METHODS = ("twostage",)
+SEARCH_SPACES = {"twostage": ("darts",)}   # cell spaces each method searches
+OBJECTIVES = ("val_acc", "tenas")
+SPACE_PARAMS = ("lam", "s", "m", "epsilon", "lr", "arch_lr")
+INT_PARAMS = ("s", "m")
+LOG_DEFAULT = {"lam": True, "lr": True, "arch_lr": True, "s": False, "m": False, "epsilon": False}
+# Where each searched value lands in the two-stage config (dotted keys).
+PARAM_TARGETS = {"lam": "recovery.lam", "s": "recovery.s", "m": "recovery.m", "epsilon": "epsilon",
+                 "lr": "lr", "arch_lr": "arch_lr"}
+DEFAULT_K = 7          # DARTS ops without 'none' (the reference's PRIMITIVES)
+DEFAULT_STEPS = 4      # intermediate nodes per cell
+REPORT_METRIC = "objective"   # the key every trial report carries for the searcher
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_URI_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+
+
+# ----------------------------------------------------------------------------------------------------- sections
+@dataclass
+class ParamRange:
+    """One searched parameter: a numeric range (``low``, ``high``, ``log``), a list of ``choices``, or a fixed
+    ``value``.  ``log: null`` = the parameter's default (log-uniform for lam, lr, arch_lr).  Integer parameters
+    (s, m) sample integers in [low, high] (both inclusive)."""
+
+    low: Optional[float] = None
+    high: Optional[float] = None
+    log: Optional[bool] = None
+    choices: Optional[list[Any]] = None
+    value: Optional[Any] = None
+
+    @property
+    def kind(self) -> str:
+        if self.value is not None:
+            return "value"
+        if self.choices is not None:
+            return "choices"
+        return "range"
+
+    def candidates(self) -> list[Any]:
+        """The extreme values a trial can take (for validation): the bounds, the choices or the fixed value."""
+        if self.kind == "value":
+            return [self.value]
+        if self.kind == "choices":
+            return list(self.choices or [])
+        return [self.low, self.high]
+
+
+@dataclass
+class SpaceConfig:
+    """The search space over the two-stage search's hyper-parameters (see the module docstring)."""
+
+    lam: ParamRange = field(default_factory=lambda: ParamRange(low=1e-4, high=1e-1, log=True))
+    s: ParamRange = field(default_factory=lambda: ParamRange(choices=[2, 3]))
+    m: ParamRange = field(default_factory=lambda: ParamRange(low=4, high=10))
+    m_per_node: bool = False
+    epsilon: ParamRange = field(default_factory=lambda: ParamRange(choices=[0.0, 1e-3]))
+    lr: Optional[ParamRange] = None
+    arch_lr: Optional[ParamRange] = None
+
+
+@dataclass
+class AshaConfig:
+    """Asynchronous successive halving over search epochs.  ``max_t`` (default: the search's epochs) sets the
+    rung ladder grace_period * reduction_factor^k <= max_t; a trial that survives the rungs runs to its own end."""
+
+    enabled: bool = True
+    grace_period: int = 2
+    reduction_factor: float = 2.0
+    max_t: Optional[int] = None
+
+
+@dataclass
+class Resources:
+    """Ray resources of one trial or one retraining task; fractions are allowed (``gpu: 0.5``: two per GPU)."""
+
+    cpu: float = 1.0
+    gpu: float = 0.0
+
+
+@dataclass
+class RetrainSpec:
+    """Retraining of the top-k distinct genotypes, each over every seed in ``seeds`` (one Ray task each).
+
+    ``preset``: a :class:`istanas.retrain.RetrainConfig` preset; ``epochs`` (``null`` = the preset's);
+    ``overrides``: dotted ``RetrainConfig`` keys (e.g. ``{"C": 16, "data.batch_size": 64}``).  The data config is
+    the search's unless overridden."""
+
+    top_k: int = 2
+    seeds: list[int] = field(default_factory=lambda: [0, 1])
+    epochs: Optional[int] = 3
+    preset: str = "quick"
+    overrides: dict[str, Any] = field(default_factory=dict)
+    resources: Resources = field(default_factory=Resources)
+
+
+@dataclass
+class SweepConfig:
+    """A Ray Tune sweep of two-stage ISTA-NAS searches (the defaults are the small no-argument sweep).
+
+    name / storage_path: the experiment lives in ``storage_path/name`` (a local folder, made absolute, or any URI
+    Ray accepts, e.g. ``s3://bucket/sweeps``).  num_samples trials, at most max_concurrent at a time, suggested by
+    Optuna's TPE seeded with ``seed``.  ``method``: the search each trial runs (``twostage``: paper Algorithm 1) over
+    the cell space ``search_space`` (``darts``); ``search_preset`` + ``search``
+    (dotted ``TwoStageConfig`` keys) give the base search config that the sampled values override.
+    ``objective``: ``val_acc`` (validation accuracy at the end of search) or ``tenas`` (TE-NAS score of the found
+    genotype: log(linear regions) - log(NTK condition number), higher is better; ``tenas`` holds
+    ``TenasConfig`` overrides).  ``points_to_evaluate``: configs Optuna tries first.  ``results_dir``: where the
+    table and report go (default ``storage_path/name/results`` for a local storage_path, else
+    ``runs/sweeps/<name>/results``, uploaded to the storage URI too).  ``reuse_actors``: a finished trial's Ray
+    actor (its process, with torch imported) runs the next trial.  ``address``: a running cluster (``auto``) or
+    null for an embedded local Ray (``num_cpus``/``num_gpus`` null = all).  The dashboard binds ``dashboard_host``
+    (127.0.0.1 unless asked).
+    """
+
+    name: str = "istanas-sweep"
+    storage_path: str = "runs/sweeps"
+    results_dir: Optional[str] = None
+    method: str = "twostage"
+    search_space: str = "darts"
+    num_samples: int = 6
+    max_concurrent: int = 2
+    seed: int = 0
+    objective: str = "val_acc"
+    space: SpaceConfig = field(default_factory=SpaceConfig)
+    points_to_evaluate: list[dict[str, Any]] = field(default_factory=list)
+    asha: AshaConfig = field(default_factory=AshaConfig)
+    resources_per_trial: Resources = field(default_factory=Resources)
+    search_preset: str = "small"
+    search: dict[str, Any] = field(default_factory=dict)
+    tenas: dict[str, Any] = field(default_factory=dict)
+    retrain: RetrainSpec = field(default_factory=RetrainSpec)
+    checkpoint_every: int = 1
+    keep_checkpoints: int = 2
+    max_failures: int = 0
+    reuse_actors: bool = True
+    address: Optional[str] = None
+    num_cpus: Optional[int] = None
+    num_gpus: Optional[int] = None
+    dashboard: bool = True
+    dashboard_host: str = "127.0.0.1"
+    dashboard_port: int = 8265
+    verbose: int = 1
+
+    # ------------------------------------------------------------------------------------------- derived
+    @property
+    def metric(self) -> str:
+        """The key the searcher optimises (every trial report carries it)."""
+        return REPORT_METRIC
+
+    @property
+    def mode(self) -> str:
+        return "max"
+
+    @property
+    def is_uri(self) -> bool:
+        return bool(_URI_RE.match(self.storage_path)) and not self.storage_path.startswith("file://")
+
+    @property
+    def storage(self) -> str:
+        """``storage_path`` as Ray wants it: an absolute local path, or the URI unchanged."""
+        if self.is_uri:
+            return self.storage_path.rstrip("/")
+        p = self.storage_path[len("file://"):] if self.storage_path.startswith("file://") else self.storage_path
+        return os.path.abspath(os.path.expanduser(p))
+
+    @property
+    def experiment_path(self) -> str:
+        return f"{self.storage}/{self.name}"
+
+    @property
+    def local_results_dir(self) -> str:
+        if self.results_dir:
+            return os.path.abspath(os.path.expanduser(self.results_dir))
+        if self.is_uri:
+            return os.path.abspath(os.path.join("runs", "sweeps", self.name, "results"))
+        return os.path.join(self.experiment_path, "results")
+
+    def space_params(self) -> dict[str, ParamRange]:
+        """The enabled parameters (lr / arch_lr only when given)."""
+        out = {}
+        for name in SPACE_PARAMS:
+            r = getattr(self.space, name)
+            if r is not None:
+                out[name] = r
+        return out
+
+    def tune_param_names(self) -> list[str]:
+        """Keys of a trial's config: ``m`` becomes ``m_0..m_{steps-1}`` with ``m_per_node``."""
+        names = []
+        for name in self.space_params():
+            if name == "m" and self.space.m_per_node:
+                names += [f"m_{j}" for j in range(len(self.node_sizes()))]
+            else:
+                names.append(name)
+        return names
+
+    def node_sizes(self) -> list[int]:
+        """n_j = (2 + j) K for the nodes of a cell (14, 21, 28, 35 for K = 7, 4 nodes)."""
+        k, steps = _space_shape(self)
+        return [(2 + j) * k for j in range(steps)]
+
+    # ----------------------------------------------------------------------------------------- validation
+    def validate(self) -> None:
+        """Check every field, then build and validate the two-stage (and retrain) configs at the corners of the
+        space.  Raises :class:`ConfigError` naming the field.  Reads no data and starts nothing."""
+        check(isinstance(self.name, str) and bool(_NAME_RE.match(self.name)),
+              f"name: {self.name!r} must be letters, digits, '_', '.' or '-' (it names a folder and a Ray actor)")
+        check(isinstance(self.storage_path, str) and self.storage_path.strip() != "",
+              "storage_path: give a local folder or a URI such as s3://bucket/sweeps")
+        check(self.method in METHODS, f"method: unknown method {self.method!r}; choose one of {list(METHODS)}")
+        spaces = SEARCH_SPACES[self.method]
+        check(self.search_space in spaces,
+              f"search_space: unknown space {self.search_space!r} for method {self.method!r}; choose one of "
+              f"{list(spaces)}" + (" (NAS-Bench-201 is searched by TE-NAS, launch/tenas.py)"
+                                   if self.search_space == "nb201" else ""))
+        check(self.num_samples >= 1, f"num_samples must be >= 1, got {self.num_samples}")
+        check(self.max_concurrent >= 1, f"max_concurrent must be >= 1, got {self.max_concurrent}")
+        check(self.objective in OBJECTIVES,
+              f"objective: unknown objective {self.objective!r}; choose one of {list(OBJECTIVES)}")
+        check(self.checkpoint_every >= 1, f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
+        check(self.keep_checkpoints >= 1, f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
+        check(self.max_failures >= 0, f"max_failures must be >= 0, got {self.max_failures}")
+        check(self.verbose in (0, 1, 2, 3), f"verbose must be 0, 1, 2 or 3, got {self.verbose}")
+        check(1 <= self.dashboard_port <= 65535, f"dashboard_port must be in 1..65535, got {self.dashboard_port}")
+        check(isinstance(self.dashboard_host, str) and self.dashboard_host.strip() != "",
+              "dashboard_host: give an interface address such as 127.0.0.1 (0.0.0.0 exposes the dashboard)")
+        check(self.num_cpus is None or self.num_cpus >= 1, f"num_cpus must be >= 1 or null, got {self.num_cpus}")
+        check(self.num_gpus is None or self.num_gpus >= 0, f"num_gpus must be >= 0 or null, got {self.num_gpus}")
+        if self.address is not None:
+            check(isinstance(self.address, str) and self.address.strip() != "",
+                  "address: 'auto', host:port or ray://host:port, or null for a local Ray")
+            check(self.num_cpus is None and self.num_gpus is None,
+                  "num_cpus / num_gpus size an embedded local Ray; a running cluster (address) has its own")
+        _check_resources(self.resources_per_trial, "resources_per_trial")
+        _check_resources(self.retrain.resources, "retrain.resources")
+        self._validate_space()
+        self._validate_asha()
+        self._validate_points()
+        self._validate_search_corners()
+        self._validate_retrain()
+        self._validate_tenas()
+
+    def _validate_space(self) -> None:
+        n = self.node_sizes()
+        for name, r in self.space_params().items():
+            _check_range(name, r)
+        s = self.space.s
+        for v in s.candidates():
+            check(v <= n[0], f"space.s: s = {v} exceeds n_0 = {n[0]} candidates of the smallest node "
+                             f"(n_j = (2 + j) K = {n})")
+        m = self.space.m
+        limit = n[-1] if self.space.m_per_node else n[0]
+        for v in m.candidates():
+            where = (f"the largest node's n_{len(n) - 1} = {limit}" if self.space.m_per_node
+                     else f"n_0 = {limit} (every node gets m; set m_per_node: true to search m_j <= n_j)")
+            check(1 <= v <= limit, f"space.m: m_j = {v} is out of range [1, {limit}]: must not exceed {where}")
+        if self.space.m_per_node:
+            check(m.kind != "choices" or min(m.choices) <= n[0],
+                  f"space.m: with m_per_node every node needs a choice <= n_0 = {n[0]}")
+            check(m.kind != "range" or m.low <= n[0],
+                  f"space.m.low = {m.low} exceeds n_0 = {n[0]}: node 0 would have an empty range")
+        for v in self.space.epsilon.candidates():
+            check(v >= 0, f"space.epsilon: must be >= 0 (0 = off), got {v}")
+        for name in ("lam", "lr", "arch_lr"):
+            r = getattr(self.space, name)
+            if r is not None:
+                for v in r.candidates():
+                    check(v > 0, f"space.{name}: values must be > 0, got {v}")
+
+    def _validate_asha(self) -> None:
+        a = self.asha
+        check(a.grace_period >= 1, f"asha.grace_period must be >= 1 epoch, got {a.grace_period}")
+        check(a.reduction_factor > 1, f"asha.reduction_factor must be > 1, got {a.reduction_factor}")
+        if a.max_t is not None:
+            check(a.max_t >= a.grace_period,
+                  f"asha.max_t = {a.max_t} is smaller than asha.grace_period = {a.grace_period}")
+
+    def _validate_retrain(self) -> None:
+        r = self.retrain
+        check(r.top_k >= 0, f"retrain.top_k must be >= 0 (0 = no retraining), got {r.top_k}")
+        check(r.top_k <= self.num_samples,
+              f"retrain.top_k = {r.top_k} exceeds num_samples = {self.num_samples}")
+        check(r.top_k == 0 or len(r.seeds) >= 1, "retrain.seeds: give at least one seed")
+        check(len(set(r.seeds)) == len(r.seeds), f"retrain.seeds: repeated seeds in {r.seeds}")
+        check(r.epochs is None or r.epochs >= 1, f"retrain.epochs must be >= 1 or null, got {r.epochs}")
+        if r.top_k > 0:
+            from istanas.retrain import RETRAIN_PRESETS
+
+            check(r.preset in RETRAIN_PRESETS,
+                  f"retrain.preset: unknown preset {r.preset!r}; choose one of {sorted(RETRAIN_PRESETS)}")
+            cfg = build_retrain_config(self, genotype=None, seed=r.seeds[0], search_data=None, validate=False)
+            _validate_retrain_config(cfg)
+
+    def _validate_points(self) -> None:
+        names = set(self.tune_param_names())
+        sizes = self.node_sizes()
+        for i, p in enumerate(self.points_to_evaluate):
+            unknown = sorted(set(p) - names)
+            check(not unknown, f"points_to_evaluate[{i}]: unknown parameter(s) {unknown}; searched: {sorted(names)}")
+            missing = sorted(names - set(p))
+            check(not missing, f"points_to_evaluate[{i}]: missing parameter(s) {missing}")
+            for key, v in p.items():
+                base = "m" if key.startswith("m_") else key
+                r = getattr(self.space, base)
+                check(_in_range(r, v, base),
+                      f"points_to_evaluate[{i}].{key} = {v!r} is outside space.{base} ({_describe(r)})")
+                if key.startswith("m_"):
+                    j = int(key[2:])
+                    check(v <= sizes[j], f"points_to_evaluate[{i}].{key} = {v} exceeds n_{j} = {sizes[j]}")
+
+    def _validate_search_corners(self) -> None:
+        """Build the two-stage config at every corner of the space and let it validate itself."""
+        corners = []
+        params = self.space_params()
+        grids = []
+        for name, r in params.items():
+            vals = r.candidates()
+            if name in INT_PARAMS:
+                vals = [int(v) for v in vals]
+            grids.append([(name, v) for v in sorted(set(vals), key=lambda x: (str(type(x)), x))])
+        for combo in itertools.islice(itertools.product(*grids), 64):
+            trial = {}
+            for name, v in combo:
+                if name == "m" and self.space.m_per_node:
+                    for j, nj in enumerate(self.node_sizes()):
+                        trial[f"m_{j}"] = min(int(v), nj)
+                else:
+                    trial[name] = v
+            corners.append(trial)
+        base = build_search_config(self, {}, validate=True)  # settings that are wrong whatever is sampled
+        epochs = getattr(base, "epochs", None)
+        for trial in corners:
+            try:
+                scfg = build_search_config(self, trial, validate=True)
+            except ConfigError as e:
+                raise ConfigError(f"search config at {trial}: {e}") from None
+            epochs = getattr(scfg, "epochs", None)
+        if self.asha.enabled and isinstance(epochs, int):
+            max_t = self.asha.max_t or epochs
+            check(self.asha.grace_period <= max_t,
+                  f"asha.grace_period = {self.asha.grace_period} exceeds the rung horizon max_t = {max_t} "
+                  f"(asha.max_t, default the search's {epochs} epochs)")
+
+    def _validate_tenas(self) -> None:
+        if self.objective != "tenas":
+            if self.tenas:
+                raise ConfigError("tenas: TE-NAS settings given but objective is not 'tenas'")
+            return
+        cfg = build_tenas_config(self, image_size=32, num_classes=10)
+        cfg.validate()
+        check(cfg.space == "darts", f"tenas.space: the two-stage search finds DARTS cells; got {cfg.space!r}")
+
+    # ----------------------------------------------------------------------------------------- I/O
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "SweepConfig":
+        return from_dict(cls, data)
+
+
+# ------------------------------------------------------------------------------------------------- helpers
+def _check_resources(r: Resources, name: str) -> None:
+    check(math.isfinite(r.cpu) and r.cpu > 0, f"{name}.cpu must be > 0 (fractions allowed), got {r.cpu}")
+    check(math.isfinite(r.gpu) and r.gpu >= 0, f"{name}.gpu must be >= 0 (fractions allowed), got {r.gpu}")
+    check(r.gpu <= 1 or float(r.gpu).is_integer(),
+          f"{name}.gpu: fractions must be <= 1 (share one GPU), whole numbers above; got {r.gpu}")
+
+
+def _describe(r: ParamRange) -> str:
+    if r.kind == "value":
+        return f"value {r.value!r}"
+    if r.kind == "choices":
+        return f"choices {r.choices!r}"
+    return f"[{r.low}, {r.high}]" + (" log" if r.log else "")
+
+
+def _in_range(r: ParamRange, v: Any, name: str) -> bool:
+    if r.kind == "value":
+        return v == r.value
+    if r.kind == "choices":
+        return v in r.choices
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    if name in INT_PARAMS and not float(v).is_integer():
+        return False
+    return r.low <= v <= r.high
+
+
+def _check_range(name: str, r: ParamRange) -> None:
+    where = f"space.{name}"
+    kinds = [k for k, present in (("value", r.value is not None), ("choices", r.choices is not None),
+                                  ("low/high", r.low is not None or r.high is not None)) if present]
+    check(len(kinds) <= 1, f"{where}: give one of value, choices or low/high, not {' and '.join(kinds)}")
+    check(len(kinds) == 1, f"{where}: empty range; give value, choices or low/high")
+    is_int = name in INT_PARAMS
+
+    def check_number(v: Any, label: str) -> None:
+        check(not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v),
+              f"{where}.{label}: expected a finite number, got {v!r}")
+        if is_int:
+            check(float(v).is_integer(), f"{where}.{label}: {name} is an integer, got {v!r}")
+
+    if r.kind == "value":
+        check_number(r.value, "value")
+        check(r.log is None, f"{where}.log applies to low/high ranges only")
+    elif r.kind == "choices":
+        check(isinstance(r.choices, list) and len(r.choices) >= 1, f"{where}.choices: empty list")
+        for i, v in enumerate(r.choices):
+            check_number(v, f"choices[{i}]")
+        check(len(set(r.choices)) == len(r.choices), f"{where}.choices: repeated values in {r.choices}")
+        check(r.log is None, f"{where}.log applies to low/high ranges only")
+    else:
+        check(r.low is not None and r.high is not None, f"{where}: give both low and high")
+        check_number(r.low, "low")
+        check_number(r.high, "high")
+        check(r.low <= r.high, f"{where}: inverted range, low = {r.low} > high = {r.high}")
+        check(r.low < r.high, f"{where}: empty range, low = high = {r.low}; use value: {r.low} to fix it")
+        log = LOG_DEFAULT[name] if r.log is None else r.log
+        if log:
+            check(r.low > 0, f"{where}: a log range needs low > 0, got {r.low}")
+
+
+def _space_shape(cfg: SweepConfig) -> tuple[int, int]:
+    """(K ops, steps) of the two-stage space: read from the base search config when it says, else (7, 4)."""
+    try:
+        base = _base_search_dict(cfg)
+    except ConfigError:
+        return DEFAULT_K, DEFAULT_STEPS
+    k = DEFAULT_K
+    try:  # the ops the super-net searches over (the reference's 7 DARTS ops without 'none')
+        from istanas.supernet import ISTA_PRIMITIVES
+
+        k = len([o for o in ISTA_PRIMITIVES if o != "none"])
+    except ImportError:
+        pass
+    for key in ("primitives", "ops", "candidate_ops"):
+        v = base.get(key)
+        if isinstance(v, (list, tuple)) and v:
+            k = len([o for o in v if o != "none"])
+            break
+    steps = base.get("steps", DEFAULT_STEPS)
+    steps = int(steps) if isinstance(steps, int) and steps >= 1 else DEFAULT_STEPS
+    return k, steps
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"data": {"limit_train": 5}, "lr": 1}`` -> ``{"data.limit_train": 5, "lr": 1}`` (dotted keys kept)."""
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _apply_dotted(data: dict[str, Any], dotted: Mapping[str, Any], where: str) -> dict[str, Any]:
+    out = data
+    for key, value in dotted.items():
+        path = str(key).replace("-", "_").split(".")
+        node = out
+        for p in path[:-1]:
+            child = node.get(p)
+            if not isinstance(child, dict):
+                if child is not None or p not in node:
+                    raise ConfigError(f"{where}: unknown key {key!r} ({p!r} is not a section)")
+                child = {}
+            node[p] = child
+            node = child
+        node[path[-1]] = value
+    return out
+
+
+def _twostage():
+    """``istanas.twostage`` (imported lazily: Ray workers and the CLI's --help do not need torch up front)."""
+    import istanas.twostage as ts
+
+    return ts
+
+
+def _base_search_dict(cfg: SweepConfig) -> dict[str, Any]:
+    ts = _twostage()
+    try:
+        base = ts.TwoStageConfig.preset(cfg.search_preset)
+    except (ConfigError, KeyError, ValueError) as e:
+        raise ConfigError(f"search_preset: {e}") from None
+    return to_dict(base)
+
+
+def trial_overrides(cfg: SweepConfig, trial: Mapping[str, Any]) -> dict[str, Any]:
+    """A trial's sampled values as dotted two-stage keys (``m_0..m_3`` -> ``recovery.m = [..]``)."""
+    out: dict[str, Any] = {}
+    m_nodes = sorted((k for k in trial if re.fullmatch(r"m_\d+", k)), key=lambda k: int(k[2:]))
+    for key, v in trial.items():
+        if key in m_nodes:
+            continue
+        if key not in PARAM_TARGETS:
+            raise ConfigError(f"trial config: unknown parameter {key!r}")
+        out[PARAM_TARGETS[key]] = int(v) if key in INT_PARAMS else float(v)
+    if m_nodes:
+        out[PARAM_TARGETS["m"]] = [int(trial[k]) for k in m_nodes]
+    return out
+
+
+def build_search_config(cfg: SweepConfig, trial: Mapping[str, Any], validate: bool = True):
+    """The :class:`istanas.twostage.TwoStageConfig` of one trial: preset < ``cfg.search`` < sampled values."""
+    ts = _twostage()
+    data = _base_search_dict(cfg)
+    data = _apply_dotted(data, flatten(cfg.search), "search")
+    data = _apply_dotted(data, trial_overrides(cfg, trial), "space")
+    try:
+        scfg = from_dict(ts.TwoStageConfig, data)
+        if validate:
+            scfg.validate()
+    except ConfigError as e:
+        raise ConfigError(f"search: {e}") from None
+    return scfg
+
+
+# DataConfig fields that say which images a run sees (retraining takes them from the search's data config).
+DATA_IDENTITY = ("dataset", "root", "download", "image_size", "in_memory", "limit_train", "limit_test",
+                 "holdout_fraction", "split_seed", "num_workers")
+
+
+def build_retrain_config(cfg: SweepConfig, genotype: Optional[str], seed: int,
+                         search_data: Optional[Mapping[str, Any]] = None, validate: bool = True):
+    """The :class:`istanas.retrain.RetrainConfig` of one retraining: preset < the search's data source
+    (:data:`DATA_IDENTITY` fields) < ``retrain.epochs`` < ``retrain.overrides``; ``genotype`` is JSON text
+    (``None``: a published stand-in, for validation)."""
+    from istanas.retrain import RetrainConfig, preset_dict
+
+    data = preset_dict(cfg.retrain.preset)
+    if search_data is None:
+        try:
+            search_data = _apply_dotted(_base_search_dict(cfg), flatten(cfg.search), "search").get("data")
+        except ConfigError:
+            search_data = None
+    if isinstance(search_data, Mapping):  # the same images; batching and augmentation stay the preset's
+        data["data"].update({k: v for k, v in search_data.items() if k in DATA_IDENTITY})
+    if cfg.retrain.epochs is not None:
+        data["epochs"] = int(cfg.retrain.epochs)
+    data["seed"] = int(seed)
+    data["genotype"] = genotype if genotype is not None else "DARTS_V2"
+    data = _apply_dotted(data, flatten(cfg.retrain.overrides), "retrain.overrides")
+    try:
+        rcfg = from_dict(RetrainConfig, data)
+    except ConfigError as e:
+        raise ConfigError(f"retrain.overrides: {e}") from None
+    if validate:
+        rcfg.validate()
+    return rcfg
+
+
+def _validate_retrain_config(rcfg) -> None:
+    """``RetrainConfig.validate`` without the genotype check (the genotype is only known after the search)."""
+    saved = rcfg.genotype
+    try:
+        rcfg.validate()
+    except ConfigError as e:
+        if str(e).startswith("genotype"):
+            return  # the stand-in genotype is not available: everything else was checked before it
+        raise ConfigError(f"retrain: {e}") from None
+    finally:
+        rcfg.genotype = saved
+
+
+def build_tenas_config(cfg: SweepConfig, image_size: int, num_classes: int):
+    """The :class:`istanas.tenas_search.TenasConfig` of the ``tenas`` objective (DARTS space, the search data's
+    image size and classes) with ``cfg.tenas`` overrides."""
+    from istanas.tenas_search import TenasConfig
+
+    base = {"space": "darts", "dataset": "cifar10", "num_classes": int(num_classes), "input_size": int(image_size),
+            "device": "cpu"}
+    base.update(cfg.tenas)
+    try:
+        return from_dict(TenasConfig, base)
+    except ConfigError as e:
+        raise ConfigError(f"tenas.{e}") from None
+
+
+# ------------------------------------------------------------------------------------------------- loading
+def _merge_range(default: Mapping[str, Any], given: Any) -> Any:
+    """A user's range replaces the default's kind: ``{choices: [..]}`` drops the default's low/high, a full
+    ``{low, high}`` replaces the default range (keeping its ``log`` unless given), a partial one (only ``high``,
+    say) keeps the default's other bound."""
+    if not isinstance(given, Mapping):
+        return given
+    keys = set(given)
+    if keys & {"value", "choices"}:
+        return dict(given)
+    default_is_range = default.get("value") is None and default.get("choices") is None
+    if not default_is_range:
+        return dict(given)
+    out = {k: default.get(k) for k in ("low", "high", "log")}
+    out.update(given)
+    return out
+
+
+def merge_sweep_data(*layers: Mapping[str, Any]) -> dict[str, Any]:
+    """Merge config layers (later wins).  Sections merge key by key; a space entry switches kind cleanly
+    (``choices`` replaces ``low``/``high``); ``search``/``tenas``/``retrain.overrides`` merge as dotted keys."""
+    out: dict[str, Any] = to_dict(SweepConfig())
+    for layer in layers:
+        for key, value in layer.items():
+            key = str(key).replace("-", "_")
+            if key == "space" and isinstance(value, Mapping):
+                space = dict(out.get("space") or {})
+                for pname, pval in value.items():
+                    cur = space.get(pname)
+                    space[pname] = _merge_range(cur, pval) if isinstance(cur, Mapping) else pval
+                out["space"] = space
+            elif key in ("search", "tenas") and isinstance(value, Mapping):
+                merged = flatten(out.get(key) or {})
+                merged.update(flatten(value))
+                out[key] = merged
+            elif key in ("asha", "resources_per_trial", "retrain") and isinstance(value, Mapping):
+                sec = dict(out.get(key) or {})
+                for k2, v2 in value.items():
+                    if key == "retrain" and k2 == "overrides" and isinstance(v2, Mapping):
+                        o = flatten(sec.get("overrides") or {})
+                        o.update(flatten(v2))
+                        sec["overrides"] = o
+                    elif key == "retrain" and k2 == "resources" and isinstance(v2, Mapping):
+                        sec["resources"] = {**(sec.get("resources") or {}), **v2}
+                    else:
+                        sec[k2] = v2
+                out[key] = sec
+            else:
+                out[key] = value
+    return out
+
+
+def overrides_to_layer(overrides: Sequence[str]) -> dict[str, Any]:
+    """``["space.lam.high=0.01", "num_samples=8"]`` -> a nested mapping layer (values parsed as YAML)."""
+    layer: dict[str, Any] = {}
+    for text in overrides:
+        path, value = parse_override(text)
+        if path[0] in ("search", "tenas") and len(path) > 1:
+            layer.setdefault(path[0], {})[".".join(path[1:])] = value
+            continue
+        if path[:2] == ["retrain", "overrides"] and len(path) > 2:
+            layer.setdefault("retrain", {}).setdefault("overrides", {})[".".join(path[2:])] = value
+            continue
+        _set_nested(layer, path, value)
+    return layer
+
+
+def _set_nested(data: dict[str, Any], path: list[str], value: Any) -> dict[str, Any]:
+    node = data
+    for p in path[:-1]:
+        child = node.get(p)
+        if not isinstance(child, dict):
+            child = {}
+            node[p] = child
+        node = child
+    node[path[-1]] = value
+    return data
+
+
+def load_sweep_config(path: Optional[str] = None, overrides: Sequence[str] = (),
+                      extra: Optional[Mapping[str, Any]] = None, base: Optional[Mapping[str, Any]] = None,
+                      validate: bool = True) -> SweepConfig:
+    """Defaults < ``base`` (e.g. a resumed sweep's saved config) < YAML ``path`` < ``extra`` (the CLI's explicit
+    flags, nested or dotted keys, ``None`` = not given) < ``overrides`` (``key=value``), then validate."""
+    layers: list[Mapping[str, Any]] = []
+    if base:
+        layers.append(base)
+    if path:
+        layers.append(read_yaml(path))
+    if extra:
+        ex: dict[str, Any] = {}
+        for k, v in extra.items():
+            if v is not None:
+                _set_nested(ex, str(k).split("."), v)
+        layers.append(ex)
+    if overrides:
+        layers.append(overrides_to_layer(overrides))
+    data = merge_sweep_data(*layers)
+    cfg = from_dict(SweepConfig, data)
+    if validate:
+        cfg.validate()
+    return cfg
+
+
+__all__ = ["SweepConfig", "SpaceConfig", "ParamRange", "AshaConfig", "Resources", "RetrainSpec", "METHODS",
+           "OBJECTIVES", "PARAM_TARGETS", "load_sweep_config", "merge_sweep_data", "build_search_config",
+           "build_retrain_config", "build_tenas_config", "trial_overrides", "flatten"]

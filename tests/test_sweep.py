@@ -1,0 +1,240 @@
+"""End-to-end sweeps on a local Ray with 2 CPUs (slow): Optuna suggestions, ASHA, errors, retraining, resume.
+
+The searches are tiny (1-3 epochs of a 4-channel, 3-cell super-net on a slice of scikit-learn's digits).  Two
+tests use rigged stand-ins for the search function (same signature as ``istanas.twostage.search``) through the
+same orchestrator code path, so that ASHA's decision and a failing trial are deterministic.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from orchestrator.sweep_config import load_sweep_config
+
+pytestmark = pytest.mark.slow
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["search.epochs=2", "search.C=4", "search.layers=3", "search.data.limit_train=256",
+        "search.data.limit_test=64", "search.data.batch_size=32", "search.device=cpu",
+        "retrain.epochs=1", "retrain.seeds=[0, 1]", "retrain.overrides={C: 4, layers: 3, device: cpu}"]
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    ray = pytest.importorskip("ray")
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, namespace="istanas", log_to_driver=False,
+             _system_config={"metrics_report_interval_ms": 1000})
+    # the rigged search functions below live in this test module: ship them to the workers by value
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    yield ray
+    ray.shutdown()
+
+
+def _cfg(tmp_path, *overrides, name="t"):
+    return load_sweep_config(overrides=[f"storage_path={tmp_path}", f"name={name}", "dashboard=false",
+                                        "verbose=0", *TINY, *overrides])
+
+
+# ------------------------------------------------------------------------------------------- rigged searches
+def _genotype(k: int) -> dict:
+    ops = ["max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3",
+           "dil_conv_5x5"]
+    cell = [[ops[(k + i) % 7], i % 2] for i in range(8)]
+    return {"space": "darts", "normal": cell, "normal_concat": [2, 3, 4, 5], "reduce": cell,
+            "reduce_concat": [2, 3, 4, 5]}
+
+
+def rigged_search(cfg, data=None, report=None, checkpoint=None, resume=None, progress=False):
+    """val_acc depends only on lambda (0.9 below 1e-2, 0.2 above); lambda = 0.08 is a NaN loss."""
+    import torch
+
+    from istanas.engine import NonFiniteLossError
+
+    lam = cfg.recovery.lam
+    start = int(resume["epoch"]) if resume else 0
+    hist = list(resume["history"]) if resume else []
+    for e in range(start, cfg.epochs):
+        time.sleep(0.2)
+        if abs(lam - 0.08) < 1e-12:
+            raise NonFiniteLossError(f"train_loss became nan in epoch {e + 1}; lower the learning rate")
+        acc = (0.9 if lam < 1e-2 else 0.2) + 0.01 * e
+        m = {"epoch": e + 1, "val_acc": acc, "val_loss": 1 - acc, "train_acc": acc, "support_churn": 0.0}
+        hist.append(m)
+        if checkpoint:
+            checkpoint({"epoch": e + 1, "task": {"x": torch.zeros(1)}, "history": hist,
+                        "done": e + 1 == cfg.epochs})
+        if report:
+            report(dict(m))
+    return {"genotype": _genotype(int(-math.log10(lam))), "history": hist, "final": {}}
+
+
+# --------------------------------------------------------------------------------------------------- tests
+def test_sweep_of_real_searches_retrains_top_k(ray_local, tmp_path):
+    import pandas as pd
+
+    from orchestrator.postprocess import NAMESPACE, actor_name
+    from orchestrator.sweep import run_sweep
+    from spaces.genotype import load_genotype
+
+    cfg = _cfg(tmp_path, "num_samples=4", "max_concurrent=2", "asha.enabled=false", "retrain.top_k=2")
+    out = run_sweep(cfg, echo=False)
+    df = pd.read_parquet(out.table_parquet)
+    assert len(df) == 4 and df["trial_id"].is_unique and (df["status"] == "TERMINATED").all()
+    # Optuna's suggestions: recorded per trial, inside the space, different across trials
+    configs = df[["config/lam", "config/s", "config/m", "config/epsilon"]]
+    assert len(configs.drop_duplicates()) == 4 and configs["config/lam"].nunique() == 4
+    assert configs["config/lam"].between(1e-4, 1e-1).all() and configs["config/m"].between(4, 10).all()
+    assert set(configs["config/s"]) <= {2, 3} and set(configs["config/epsilon"]) <= {0.0, 1e-3}
+    # each trial's search really ran with its suggested lambda (Tune's own per-trial record)
+    for _, row in df.iterrows():
+        params = json.load(open(os.path.join(cfg.experiment_path, f"trial_{row['trial_id']}", "params.json")))
+        assert params["lam"] == pytest.approx(row["config/lam"])
+    assert df["search_done"].all() and df["val_acc"].between(0, 1).all()
+    assert (df["genotype_digest"].str.len() == 12).all()
+    # the top-k distinct genotypes were retrained over both seeds; their rows carry accuracies and sizes
+    retrained = df[df["retrained"] & df["duplicate_of"].isna()]
+    n_unique = df["genotype_digest"].nunique()
+    assert len(retrained) == min(2, n_unique)
+    assert set(retrained["unique_rank"]) == set(range(1, len(retrained) + 1))
+    assert (retrained["retrain_seeds"] == 2).all() and retrained["retrain_acc_mean"].between(0, 1).all()
+    assert (retrained["params_m"] > 0).all() and (retrained["retrain_cpu_hours"] > 0).all()
+    for _, row in retrained.iterrows():
+        runs = [json.load(open(os.path.join(out.summary["results_dir"], "retrain",
+                                            f"{row['genotype_digest']}_seed{s}.json"))) for s in (0, 1)]
+        accs = [r["test_acc"] for r in runs]
+        assert row["retrain_acc_mean"] == pytest.approx(sum(accs) / 2)
+        assert row["retrain_acc_std"] == pytest.approx(abs(accs[0] - accs[1]) / math.sqrt(2))
+    # best genotype, CSV twin, report
+    g = load_genotype(open(out.best_genotype_path).read())
+    assert g.digest() == out.best["genotype_digest"]
+    assert len(pd.read_csv(out.table_csv)) == 4
+    assert os.path.isfile(out.report_md) and os.path.isfile(out.report_html)
+    assert "search_vs_params.png" in open(out.report_md).read()
+    with pytest.raises(ValueError):  # the named actor is gone with its sweep
+        ray_local.get_actor(actor_name(cfg.name), namespace=NAMESPACE)
+    # the custom metrics reached the node's Prometheus endpoint
+    metrics = _scrape(ray_local, 'sweep="t"', ["ray_istanas_sweep_trials_finished_total",
+                                                "ray_istanas_sweep_support_churn"])
+    finished = [ln for ln in metrics if ln.startswith("ray_istanas_sweep_trials_finished_total")]
+    assert finished and sum(float(ln.rsplit(" ", 1)[1]) for ln in finished) == 4
+    assert len([ln for ln in metrics if ln.startswith("ray_istanas_sweep_support_churn")]) == 4
+
+
+def _scrape(ray, tag: str, names: list[str], timeout: float = 20.0) -> list[str]:
+    """Lines of this node's Prometheus export that carry ``tag``, once every name in ``names`` shows up."""
+    import urllib.request
+
+    node = next(n for n in ray.nodes() if n["Alive"])
+    url = f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics"
+    lines: list[str] = []
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        text = urllib.request.urlopen(url, timeout=5).read().decode()
+        lines = [ln for ln in text.splitlines() if tag in ln and not ln.startswith("#")]
+        if all(any(ln.startswith(n) for ln in lines) for n in names):
+            break
+        time.sleep(1.0)
+    return lines
+
+
+def test_asha_stops_a_rigged_trial_and_a_failing_trial_is_reported(ray_local, tmp_path):
+    import pandas as pd
+
+    from orchestrator.sweep import run_sweep
+
+    points = "points_to_evaluate=[{lam: 0.001, s: 2, m: 6, epsilon: 0.0}, {lam: 0.03, s: 2, m: 6, epsilon: 0.0}, " \
+             "{lam: 0.08, s: 2, m: 6, epsilon: 0.0}]"
+    cfg = _cfg(tmp_path, "num_samples=5", "max_concurrent=1", "search.epochs=4", "asha.grace_period=1",
+               "asha.reduction_factor=2", "retrain.top_k=0", points, name="rigged")
+    out = run_sweep(cfg, search_fn=rigged_search, echo=False)
+    df = pd.read_parquet(out.table_parquet).set_index("config/lam")
+    assert len(df) == 5 and df["trial_id"].is_unique
+    good, bad, nan = df.loc[0.001], df.loc[0.03], df.loc[0.08]
+    assert good["search_done"] and good["search_epochs"] == 4 and good["objective"] == pytest.approx(0.93)
+    # ASHA: the second trial is below the first one's value at the first rung and is stopped there
+    assert bad["status"] == "TERMINATED" and bad["stopped_early"] and bad["search_epochs"] == 1
+    # the NaN-loss trial ends as an error with its reason; the sweep finished the others
+    assert nan["status"] == "ERROR" and "NonFiniteLossError" in nan["error"] and "nan" in nan["error"]
+    assert (df["status"] == "ERROR").sum() == 1 and out.num_errors == 1
+    others = df.drop(index=[0.03, 0.08])
+    assert (others["status"] == "TERMINATED").all()
+
+
+def _descendants(pid: int) -> list[int]:
+    """Pids of the live descendants of ``pid`` (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        for c in children.get(p, []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def test_driver_killed_then_resume_gives_every_trial_once(tmp_path):
+    import pandas as pd
+
+    args = [sys.executable, os.path.join(REPO, "launch", "sweep.py"), "--storage-path", str(tmp_path),
+            "--name", "killed", "--no-dashboard", "--num-cpus", "2", "--num-samples", "4", "--no-progress"]
+    sets = [x for o in [*TINY, "asha.enabled=false", "retrain.top_k=1", "retrain.seeds=[0]", "search.epochs=3"]
+            for x in ("--set", o)]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    log_path = tmp_path / "first.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(args + sets, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+        deadline = time.time() + 240
+        try:
+            while time.time() < deadline and proc.poll() is None:
+                if "finished: objective" in log_path.read_text():
+                    break
+                time.sleep(0.5)
+            assert proc.poll() is None, "the sweep ended before it could be killed:\n" + log_path.read_text()
+            assert "finished: objective" in log_path.read_text(), log_path.read_text()
+            family = _descendants(proc.pid)
+            os.kill(proc.pid, signal.SIGKILL)  # the driver dies mid-sweep
+            proc.wait()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    time.sleep(2)
+    for pid in family:  # Ray processes of the dead driver that outlive it
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    first = log_path.read_text()
+    finished_before = {ln.split(" trial ")[1].split()[0] for ln in first.splitlines() if "finished: objective" in ln}
+    assert "sweep done" not in first
+    res = subprocess.run(args + ["--resume"], capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "results table:" in res.stdout and "best genotype:" in res.stdout
+    df = pd.read_csv(os.path.join(tmp_path, "killed", "results", "sweep_results.csv"))
+    assert len(df) == 4 and df["trial_id"].is_unique and (df["status"] == "TERMINATED").all()
+    assert finished_before <= set(df["trial_id"])
+    assert df["search_done"].all() and (df["search_epochs"] == 3).all()
+    # every trial reported every epoch (a resumed trial continues from its last checkpoint)
+    for tid in df["trial_id"]:
+        lines = open(os.path.join(tmp_path, "killed", f"trial_{tid}", "result.json")).read().splitlines()
+        epochs = [json.loads(ln)["epoch"] for ln in lines if ln.strip()]
+        assert sorted(set(epochs)) == [1, 2, 3]
+    trial_dirs = [d for d in os.listdir(os.path.join(tmp_path, "killed")) if d.startswith("trial_")]
+    assert set(df["trial_id"]) <= {d[len("trial_"):] for d in trial_dirs}
