@@ -62,6 +62,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from istanas.config import ConfigError
+from istanas.data import DataConfig
 from istanas.tenas import init_weights, linear_regions_once, ntk_kappa
 from spaces.ops import (DARTS_PRIMITIVES, NB201_PRIMITIVES, FactorizedReduce, ReLUConvBN, ResNetBasicBlock,
                         build_op)
@@ -906,3 +907,66 @@ def correlation_study(table_path: str, images: torch.Tensor | None, cfg: TenasCo
     rho = {k: float(spearmanr(v, acc)[0]) for k, v in indicators.items()}
     return {"dataset": dataset, "num_archs": num_archs, "kendall_tau": tau, "spearman_rho": rho,
             "time_s": time.perf_counter() - t0, "archs": rows}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# job (what `launch/search.py --method tenas` runs)
+# ----------------------------------------------------------------------------------------------------------
+@dataclass
+class TenasJobConfig:
+    """A TE-NAS search job: the search settings, where its (label-free) images come from, and where it writes.
+
+    ``data``: images for the indicators (default: scikit-learn's digits, offline); ``num_images`` of its training
+    split are drawn (seeded by ``data.split_seed``).  ``tenas.dataset`` only fixes the class count and the
+    released code's per-dataset defaults; it is set from ``data.dataset`` when left at its default.
+    """
+
+    tenas: TenasConfig = dataclasses.field(default_factory=TenasConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    num_images: int = 256
+    seed: int = 0
+    device: str = "cpu"
+    out: str = "runs/search-tenas"
+
+    def validate(self) -> None:
+        if self.num_images < 2:
+            raise ConfigError(f"num_images: must be >= 2, got {self.num_images}")
+        self.data.validate()
+        self.tenas = dataclasses.replace(self.tenas, seed=self.seed, device=self.device)
+        try:
+            need = self.tenas.resolved().ntk_batch
+        except ConfigError as e:
+            raise ConfigError(f"tenas.{e}") from None
+        if self.num_images < need:
+            raise ConfigError(f"num_images: {self.num_images} is fewer than the NTK batch tenas.ntk_batch = {need}")
+
+
+def job_images(cfg: TenasJobConfig) -> torch.Tensor:
+    """``cfg.num_images`` normalised training images ``[N, C, H, W]`` (float32, CPU) of ``cfg.data``."""
+    from istanas.data import get_loaders
+
+    data = dataclasses.replace(cfg.data, limit_train=cfg.data.limit_train or max(cfg.num_images, 2),
+                               batch_size=max(cfg.num_images, 2), augment=False)
+    loaders = get_loaders(data, "train", seed=cfg.seed)
+    xs, n = [], 0
+    for x, _ in loaders.train:
+        xs.append(x.float().cpu())
+        n += x.shape[0]
+        if n >= cfg.num_images:
+            break
+    return torch.cat(xs)[:cfg.num_images]
+
+
+def run_job(cfg: TenasJobConfig, report: Callable[[dict], None] | None = None) -> dict:
+    """Validate, load the images, run :func:`tenas_search`; returns its result dict."""
+    cfg.validate()
+    return tenas_search(cfg.tenas, job_images(cfg), report=report)
+
+
+#: Whole setups for :class:`TenasJobConfig` (the CLI's ``--preset``): ``small`` (default: CPU minutes, fewer
+#: samples and one repeat, smaller proxies' inputs) and ``reference`` (the paper / released code's settings).
+TENAS_PRESETS: dict[str, dict[str, Any]] = {
+    "small": {"num_images": 64, "tenas": {"input_size": 16, "ntk_batch": 16, "lr_samples": 500, "lr_batch": 250,
+                                          "repeats": 1}},
+    "reference": {"num_images": 256, "tenas": {}},
+}

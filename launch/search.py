@@ -1,10 +1,13 @@
 #!/usr/bin/env python
-"""Search a DARTS-space cell: two-stage ISTA-NAS (paper Algorithm 1) or the first-order DARTS baseline.
+"""Search a cell: two-stage ISTA-NAS (paper Algorithm 1), the first-order DARTS baseline, or TE-NAS (training-free
+pruning by NTK condition number and linear regions, NAS-Bench-201 or DARTS space).
 
 Writes into --out: run_info.json (config, seed, library versions, git commit), metrics.jsonl (one line per epoch:
 train / validation loss and accuracy, support churn, per-node ||z_new - z_old||, step time, peak memory),
 checkpoint.pt (every epoch: weights, b, A, optimisers, RNG states; --resume continues from it), genotype.json, the
 cells as PNG and SVG, and result.json.  Ends by printing the genotype and the path of genotype.json.
+TE-NAS (--method tenas) trains nothing: it writes run_info.json, metrics.jsonl (one line per pruning round),
+genotype.json and result.json (with the NAS-Bench-201 table's accuracy of the found cell when --table is given).
 """
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ import json
 import os
 import sys
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:  # run from a checkout without installation
@@ -31,6 +34,7 @@ class Method:
     load: Callable[[], tuple[type, Callable[[str], dict], Callable[..., dict]]]  # -> (config class, preset dict, search)
     presets: tuple[str, ...] = ("small", "reference")
     extra_flags: tuple[str, ...] = ()          # launcher flags this method understands (besides the common ones)
+    search_kwargs: Optional[Callable[[Any], dict]] = None   # cfg -> extra keywords of its search function
 
 
 def _twostage():
@@ -46,11 +50,29 @@ def _darts():
     return DartsConfig, lambda name: preset_dict(name, DartsConfig), search
 
 
+def _tenas():
+    from istanas.tenas_search import TENAS_PRESETS, TenasJobConfig, run_job
+
+    return TenasJobConfig, lambda name: TENAS_PRESETS[name], run_job
+
+
+def _onestage():
+    from istanas.onestage import OneStageConfig, preset_dict, search
+
+    return OneStageConfig, preset_dict, search
+
+
 #: method name -> Method.  Add an entry (and its loader) to expose another search method.
 METHODS: dict[str, Method] = {
     "twostage": Method("two-stage ISTA-NAS, paper Algorithm 1 (sparse super-net, recovery of z from b)", _twostage,
                        extra_flags=("recover_every", "epsilon")),
     "darts": Method("first-order DARTS baseline on the same 7-op cells (dense mixed op, softmax alpha)", _darts),
+    "onestage": Method("one-stage ISTA-NAS, paper Algorithm 2 (search and train the target net in one run, "
+                       "per-node epsilon stop, BN absorption Eq. 12, exported model in --out)", _onestage,
+                       presets=("small", "cifar10", "imagenet"), extra_flags=("recover_every", "epsilon"),
+                       search_kwargs=lambda cfg: {"export_dir": cfg.out}),
+    "tenas": Method("TE-NAS training-free pruning search (NTK condition number + linear regions), --space nb201 "
+                    "or darts", _tenas, extra_flags=("space", "table")),
 }
 
 EPILOG = """\
@@ -67,8 +89,18 @@ examples:
   python launch/search.py --method twostage --preset reference --data-root ../shared/data/cifar10-jpg.zip
   # any value, e.g. the sparse-coding settings
   python launch/search.py --set recovery.lam=1e-3 --set recovery.s=3 --set epochs=20
+  # one-stage ISTA-NAS on digits: search, switch, train, export (model.safetensors / model.pt / model.onnx)
+  python launch/search.py --method onestage --epsilon 1e-3
+  # the reference's one-stage CIFAR-10 target net (36 channels, 20 cells, batch 96) with its parameter budget
+  python launch/search.py --method onestage --preset cifar10 --data-root ../shared/data/cifar10-jpg.zip \
+      --set param_budget=3.7e6
   # continue an interrupted run
   python launch/search.py --method twostage --out runs/search-twostage --resume
+  # TE-NAS on NAS-Bench-201 (no training), the found cell looked up in the NAS-Bench-201 accuracy table
+  python launch/search.py --method tenas --space nb201 --table ../shared/data/zc_nasbench201.json
+  # TE-NAS on the DARTS space with the paper's measurement settings, on CIFAR-10 images
+  python launch/search.py --method tenas --space darts --preset reference --dataset cifar10 \
+      --data-root ../shared/data/cifar10-jpg.zip
 """
 
 
@@ -79,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="; ".join(f"{k}: {m.help}" for k, m in METHODS.items()) + " (default: twostage)")
     p.add_argument("--preset", default=None,
                    help="a whole setup: small (digits, a few CPU minutes; default) or reference (the reference's "
-                        "CIFAR-10 search)")
+                        "CIFAR-10 search); onestage: small, cifar10 or imagenet")
     p.add_argument("--dataset", choices=DATASETS, help="dataset (default: the preset's)")
     p.add_argument("--data-root", metavar="PATH", help="dataset folder or .zip (CIFAR batches, ImageFolder, zip)")
     p.add_argument("--epochs", type=int, metavar="N", help="search epochs (default: the preset's)")
@@ -87,7 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recover-every", choices=["step", "epoch"],
                    help="twostage: recover z every step (the paper, default) or once per epoch (the reference)")
     p.add_argument("--epsilon", type=float, metavar="EPS",
-                   help="twostage: stop once every node's ||z_new - z_old|| over an epoch is <= EPS (0 = off)")
+                   help="twostage: stop once every node's ||z_new - z_old|| over an epoch is <= EPS (0 = off); "
+                        "onestage: a node stops searching once its change over an epoch is <= EPS (default 1e-3)")
+    p.add_argument("--space", choices=["nb201", "darts"],
+                   help="tenas: the cell space to prune (default nb201)")
+    p.add_argument("--table", metavar="PATH",
+                   help="tenas, nb201: NAS-Bench-201 accuracy table (zc_nasbench201.json) to look the found cell up")
     cli.add_common_args(p, default_out="runs/search-<method>")
     return p
 
@@ -112,7 +149,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.out == "runs/search-<method>":
         args.out = f"runs/search-{args.method}"
         args._out_default = args.out
-    for flag in ("recover_every", "epsilon"):
+    for flag in ("recover_every", "epsilon", "space", "table"):
         if getattr(args, flag) is not None and flag not in method.extra_flags:
             raise ValueError(f"--{flag.replace('_', '-')}: not an option of --method {args.method}")
     for flag in ("epochs", "batch_size"):
@@ -120,6 +157,8 @@ def _run(args: argparse.Namespace) -> int:
         if v is not None and v < 1:
             raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {v}")
     cfg_cls, preset_fn, search = method.load()
+    if args.method == "tenas":
+        return _run_tenas(args, cfg_cls, preset_fn, search, method)
     extra: dict[str, Any] = {"data.dataset": args.dataset, "data.root": args.data_root, "epochs": args.epochs,
                              "data.batch_size": args.batch_size, "recover_every": args.recover_every,
                              "epsilon": args.epsilon, "out": args.out if args.resume else None}
@@ -131,20 +170,67 @@ def _run(args: argparse.Namespace) -> int:
     done = int(state["epoch"]) if state is not None else 0
     desc = f"{args.method} search on {cfg.data.dataset}: {cfg.epochs} epochs, C={cfg.C}, layers={cfg.layers}, " \
            f"batch {cfg.data.batch_size}, device={cfg.device}"
-    if args.method == "twostage":
+    if args.method in ("twostage", "onestage"):
         desc += f", recover every {cfg.recover_every}, lambda={cfg.recovery.lam}, s={cfg.recovery.s}, " \
                 f"m={cfg.recovery.m}"
     print(desc + f", out={out}" + (f" (resuming after epoch {done})" if state is not None else ""), flush=True)
+    kwargs = method.search_kwargs(cfg) if method.search_kwargs is not None else {}
     result = search(cfg, report=cli.metrics_logger(out, resume_epoch=done), checkpoint=cli.checkpoint_hook(out),
-                    resume=state, progress=not args.no_progress)
+                    resume=state, progress=not args.no_progress, **kwargs)
     from istanas.twostage import write_outputs
 
     paths = write_outputs(result, out)
     final = result["final"]
-    print(f"done: {final.get('epochs')} epochs, val_acc {final.get('val_acc', float('nan')):.4f}, "
+    acc_key = "val_acc" if "val_acc" in final else "test_acc"
+    print(f"done: {final.get('epochs')} epochs, {acc_key} {final.get(acc_key, float('nan')):.4f}, "
           f"{result['wall_time_s']:.1f} s search time", flush=True)
+    if "stop_epochs" in result:
+        print(f"nodes stopped searching after epochs {result['stop_epochs']}; search ended after epoch "
+              f"{result['switch_epoch'] or '- (still searching)'}", flush=True)
+    if "export" in result:
+        print(f"exported stand-alone model (Eq. 12) -> {result['export']['export']}", flush=True)
     print(result["genotype"])
     print(f"genotype {result['genotype_digest']} -> {paths['genotype']}", flush=True)
+    return 0
+
+
+def _run_tenas(args: argparse.Namespace, cfg_cls: type, preset_fn: Callable[[str], dict], run_job: Callable,
+               method: Method) -> int:
+    """TE-NAS: no epochs and no checkpoint (a search is minutes and repeatable from its seed)."""
+    for flag in ("epochs", "batch_size"):
+        if getattr(args, flag) is not None:
+            raise ValueError(f"--{flag.replace('_', '-')}: not an option of --method tenas (it trains nothing)")
+    extra: dict[str, Any] = {"data.dataset": args.dataset, "data.root": args.data_root, "tenas.space": args.space,
+                             "tenas.table_path": args.table}
+    if args.dataset in ("cifar10", "cifar100", "imagenet"):
+        extra["tenas.dataset"] = args.dataset
+    cfg = cli.build_config(cfg_cls, args, extra, base=_base_config(args, preset_fn, method))
+    out = cfg.out
+    if args.resume:
+        raise ValueError("--resume: a TE-NAS search has no checkpoint; rerun it (same seed, same result)")
+    if os.path.exists(os.path.join(out, "result.json")):
+        raise ValueError(f"{out} holds a finished TE-NAS search; choose another --out or delete it")
+    os.makedirs(out, exist_ok=True)
+    cli.write_run_info(out, cfg, cfg.seed)
+    t = cfg.tenas
+    print(f"tenas search, space {t.space}, images: {cfg.num_images} of {cfg.data.dataset}, repeats {t.repeats}, "
+          f"device {cfg.device}, out={out}", flush=True)
+    result = run_job(cfg, report=cli.metrics_logger(out))
+    from istanas.checkpoint import atomic_write_json, atomic_write_text
+
+    g = result["genotype"]
+    gpath = os.path.join(out, "genotype.json")
+    atomic_write_text(gpath, g.to_json(indent=2) + "\n")
+    rec = {k: v for k, v in result.items() if k != "genotype"}
+    rec["genotype"] = g.to_dict()
+    atomic_write_json(os.path.join(out, "result.json"), rec)
+    print(f"done: {len(result['rounds'])} pruning rounds, {result['wall_time_s']:.1f} s", flush=True)
+    if result.get("in_table") is not None:
+        acc = result.get("accuracy")
+        print(f"NAS-Bench-201 table ({t.dataset}): "
+              + (f"validation accuracy {acc:.2f}" if acc is not None else "this cell is not among its archs"))
+    print(result["arch"])
+    print(f"genotype {g.digest()} -> {gpath}", flush=True)
     return 0
 
 

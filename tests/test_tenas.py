@@ -283,3 +283,55 @@ def test_config_validation_names_field(tmp_path) -> None:
     assert (cfg.ntk_batch, cfg.prune_number, cfg.num_classes) == (24, 2, 1000)
     with pytest.raises(ValueError, match="images"):
         tenas_search(_tiny_cfg(), torch.zeros(4, 5, 8, 8))
+
+
+# ------------------------------------------------------------------------------------------------------- CLI
+_TINY_SETS = ["--set", "tenas.input_size=8", "--set", "tenas.ntk_batch=8", "--set", "tenas.lr_samples=200",
+              "--set", "tenas.lr_batch=100", "--set", "num_images=32"]
+
+
+def test_cli_tenas_nb201_writes_genotype_and_table_lookup(tmp_path, table: str, repo_root: str) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from spaces.genotype import NB201Genotype
+
+    out = tmp_path / "tn"
+    cmd = [sys.executable, os.path.join(repo_root, "launch/search.py"), "--method", "tenas", "--space", "nb201", "--table", table,
+           "--out", str(out), "--no-progress", *_TINY_SETS]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    res = json.loads((out / "result.json").read_text())
+    g = NB201Genotype.from_json((out / "genotype.json").read_text())
+    assert all(len(node) == i + 1 for i, node in enumerate(g.nodes))      # one op on every edge
+    assert res["arch"] == g.to_arch_str()
+    # the lookup against the table read independently here
+    tab = json.loads(open(table).read())["cifar10"]
+    key = arch_str_to_table_key(g.to_arch_str())
+    assert res["in_table"] == (key in tab)
+    if key in tab:
+        assert res["accuracy"] == pytest.approx(tab[key]["val_accuracy"]["score"] if isinstance(
+            tab[key]["val_accuracy"], dict) else tab[key]["val_accuracy"])
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == len(res["rounds"])
+    # a finished search is never overwritten
+    r2 = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert r2.returncode == 2 and "finished TE-NAS search" in r2.stderr
+
+
+@pytest.mark.parametrize("bad, msg", [
+    (["--space", "resnet"], "invalid choice"),
+    (["--epochs", "3"], "trains nothing"),
+    (["--set", "num_images=1"], "num_images"),
+    (["--set", "tenas.repeats=0"], "tenas.repeats"),
+    (["--table", "/nonexistent.json"], "table_path"),
+])
+def test_cli_tenas_rejects_bad_input(tmp_path, bad: list, msg: str, repo_root: str) -> None:
+    import os
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, os.path.join(repo_root, "launch/search.py"), "--method", "tenas", "--out", str(tmp_path / "x"), *bad],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and msg in r.stderr, r.stderr
+    assert not (tmp_path / "x" / "result.json").exists()
