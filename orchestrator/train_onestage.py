@@ -1,0 +1,647 @@
+"""Distributed one-stage ISTA-NAS on Ray Train (V2): a ``TorchTrainer`` running the one-stage engine under DDP.
+
+This module is a thin adapter between :mod:`istanas.onestage` (the engine task and ``search``) and Ray Train's
+hooks; it adds no training logic of its own.
+
+Driver (:func:`run_distributed_search`)
+    1. validate the job config (:class:`DistSearchConfig`, including the one-stage config it builds) and the run
+       folder (fresh: must not exist; ``resume``: must exist) -- all before ``ray.init``;
+    2. start an embedded local Ray (dashboard on 127.0.0.1, token auth as Ray sets it up) or join ``address``
+       (the code travels as ``runtime_env`` py_modules);
+    3. ``TorchTrainer(train_loop_per_worker, ScalingConfig(num_workers, use_gpu, resources_per_worker),
+       RunConfig(name, storage_path, FailureConfig(max_failures), CheckpointConfig(num_to_keep)),
+       TorchConfig(backend = nccl on GPU, gloo on CPU)).fit()``.  Rerunning with the same ``name`` and
+       ``storage_path`` resumes from the run's latest checkpoint (Ray Train V2's restore; ``TorchTrainer.restore``
+       is deprecated).
+
+Worker (:func:`train_loop_per_worker`), one per rank
+    * rank / world size from ``ray.train.get_context()``; the device from ``ray.train.torch.get_device()``;
+    * :class:`TorchDistHooks` (the engine's ``DistHooks``): the model (super-net + compressed space b, one
+      ``nn.Module``) wrapped in ``DistributedDataParallel(find_unused_parameters=True)`` (only the support ops run),
+      so the gradients of W and of b are all-reduced and b stays identical on every rank; after every recovery
+      rank 0's support is broadcast (over a gloo group, so no device sync even under NCCL) and every rank counts
+      how often its own recovery disagreed (``support_mismatches``, expected 0: the recovery is deterministic
+      given identical b); the epsilon stop is rank 0's decision, broadcast;
+    * the training data sharded by rank (:func:`istanas.data.get_loaders` with ``rank``/``world_size``; a
+      ``DistributedSampler`` on ImageNet);
+    * resume from ``ray.train.get_checkpoint()`` (``state.pt``, loaded with ``weights_only=True``);
+    * after every epoch one ``ray.train.report(metrics, checkpoint=...)`` on every rank (it is a barrier); rank 0
+      attaches the engine state (weights, b, A, optimisers, scaler, epoch, search flag, support, RNG) saved with
+      :func:`istanas.checkpoint.save`.  The metrics carry ``images_per_s`` (global) and ``peak_mem_mb`` (GPU:
+      ``max_memory_allocated``; CPU: the process's max RSS), shown in the dashboard's Train view and printed by
+      rank 0;
+    * at the end rank 0 exports the stand-alone network (the coefficients folded into BatchNorm, Eq. 12), its
+      genotype and ONNX into ``<storage>/<name>/export`` and reports a final checkpoint with the result.
+
+Testing hooks (config fields, off by default): ``fail_at_epoch`` / ``fail_rank`` / ``fail_marker`` make one rank
+exit abruptly (``os._exit``) once, before its report of that epoch; ``record_dir`` makes every rank write the host
+support of every step and its final genotype there.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import torch
+
+from istanas import checkpoint as ckpt
+from istanas.config import ConfigError, check, from_dict, to_dict
+
+STATE_FILE = "state.pt"
+RESULT_FILE = "result.json"
+EXPORT_DIR = "export"
+RECORD_PREFIX = "supports"
+NAMESPACE = "istanas"
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_URI_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+
+
+# ------------------------------------------------------------------------------------------------------ config
+@dataclass
+class DistSearchConfig:
+    """A distributed one-stage ISTA-NAS search on Ray Train.
+
+    ``search_preset`` + ``search`` (nested / dotted :class:`istanas.onestage.OneStageConfig` keys) give the search
+    config; ``global_batch_size`` (if set) is split evenly over the workers (``data.batch_size`` per worker =
+    global / num_workers), otherwise ``search.data.batch_size`` is per worker.  ``num_workers`` ranks, each with
+    ``cpus_per_worker`` CPUs (also its torch threads) and, with ``use_gpu``, ``gpus_per_worker`` GPUs, plus any
+    custom ``resources_per_worker``.  The run lives in ``storage_path/name`` (a local folder, made absolute, or a
+    URI such as ``s3://bucket/runs``; on a multi-node cluster it must be storage every node reaches).
+    ``max_failures``: worker failures survived, each resumed from the latest checkpoint (-1 = unlimited).
+    ``address``: a running cluster (``auto``) or null for an embedded local Ray with ``num_cpus`` / ``num_gpus``
+    (null = all), its dashboard on ``dashboard_host``.  ``timeout_s``: the process-group timeout.
+    """
+
+    name: str = "istanas-imagenet"
+    storage_path: str = "runs/train"
+    search_preset: str = "imagenet"
+    search: dict[str, Any] = field(default_factory=dict)
+    num_workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 1.0
+    resources_per_worker: dict[str, float] = field(default_factory=dict)
+    global_batch_size: Optional[int] = None
+    max_failures: int = 3
+    keep_checkpoints: int = 2
+    timeout_s: int = 1800
+    address: Optional[str] = None
+    num_cpus: Optional[int] = None
+    num_gpus: Optional[int] = None
+    dashboard: bool = True
+    dashboard_host: str = "127.0.0.1"
+    dashboard_port: int = 8265
+    verbose: bool = True
+    # testing / debugging
+    fail_at_epoch: Optional[int] = None
+    fail_rank: int = 1
+    fail_marker: Optional[str] = None
+    fail_delay_s: float = 3.0
+    record_dir: Optional[str] = None
+
+    # ------------------------------------------------------------------------------------------- derived
+    @property
+    def is_uri(self) -> bool:
+        return bool(_URI_RE.match(self.storage_path)) and not self.storage_path.startswith("file://")
+
+    @property
+    def storage(self) -> str:
+        """``storage_path`` as Ray wants it: an absolute local path, or the URI unchanged."""
+        if self.is_uri:
+            return self.storage_path.rstrip("/")
+        p = self.storage_path[len("file://"):] if self.storage_path.startswith("file://") else self.storage_path
+        return os.path.abspath(os.path.expanduser(p))
+
+    @property
+    def run_path(self) -> str:
+        """``<storage>/<name>``: Ray Train's run folder (checkpoints), ``export/`` at the end."""
+        return f"{self.storage}/{self.name}"
+
+    @property
+    def export_path(self) -> str:
+        return f"{self.run_path}/{EXPORT_DIR}"
+
+    @property
+    def backend(self) -> str:
+        return "nccl" if self.use_gpu else "gloo"
+
+    def worker_resources(self) -> dict[str, float]:
+        res = {"CPU": float(self.cpus_per_worker)}
+        if self.use_gpu:
+            res["GPU"] = float(self.gpus_per_worker)
+        res.update({k: float(v) for k, v in self.resources_per_worker.items()})
+        return res
+
+    # ----------------------------------------------------------------------------------------- validation
+    def validate(self) -> None:
+        """Check every field and build + validate the one-stage config.  Reads no data (only checks that a local
+        ``data.root`` exists, when it can be seen from here) and starts nothing.  Raises :class:`ConfigError`."""
+        def pos_int(name: str, lo: int = 1) -> None:
+            v = getattr(self, name)
+            check(isinstance(v, int) and not isinstance(v, bool) and v >= lo,
+                  f"{name}: must be an integer >= {lo}, got {v!r}")
+
+        check(isinstance(self.name, str) and bool(_NAME_RE.match(self.name)),
+              f"name: {self.name!r} must be letters, digits, '_', '.' or '-' (it names the run folder)")
+        check(isinstance(self.storage_path, str) and self.storage_path.strip() != "",
+              "storage_path: give a local folder or a URI such as s3://bucket/runs")
+        pos_int("num_workers")
+        pos_int("keep_checkpoints")
+        pos_int("timeout_s")
+        check(isinstance(self.max_failures, int) and self.max_failures >= -1,
+              f"max_failures: must be an integer >= -1 (-1 = unlimited), got {self.max_failures!r}")
+        for name in ("cpus_per_worker", "gpus_per_worker"):
+            v = getattr(self, name)
+            check(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0,
+                  f"{name}: must be a number > 0, got {v!r}")
+        for k, v in self.resources_per_worker.items():
+            check(k not in ("CPU", "GPU"), f"resources_per_worker: set {k} through cpus_per_worker / "
+                                           "gpus_per_worker / use_gpu")
+            check(isinstance(v, (int, float)) and v >= 0, f"resources_per_worker.{k}: must be a number >= 0")
+        if self.global_batch_size is not None:
+            pos_int("global_batch_size")
+            check(self.global_batch_size % self.num_workers == 0,
+                  f"global_batch_size: {self.global_batch_size} is not divisible by num_workers="
+                  f"{self.num_workers}; every rank takes an equal share")
+        check(isinstance(self.dashboard_host, str) and self.dashboard_host != "",
+              "dashboard_host: an interface such as 127.0.0.1")
+        check(isinstance(self.dashboard_port, int) and 0 < self.dashboard_port < 65536,
+              f"dashboard_port: must be in 1..65535, got {self.dashboard_port!r}")
+        if self.fail_at_epoch is not None:
+            pos_int("fail_at_epoch")
+            check(0 <= self.fail_rank < self.num_workers,
+                  f"fail_rank: must be in 0..{self.num_workers - 1}, got {self.fail_rank!r}")
+            check(bool(self.fail_marker), "fail_marker: a file path is needed with fail_at_epoch (the failure "
+                                          "happens once: when the marker does not exist yet)")
+        if self.use_gpu and self.address is None and not os.environ.get("RAY_ADDRESS"):
+            n = torch.cuda.device_count()
+            need = self.num_workers * self.gpus_per_worker
+            check(n >= need, f"use_gpu: {self.num_workers} workers x {self.gpus_per_worker} GPUs need {need:g} "
+                             f"GPUs, but this machine has {n}; use fewer workers, drop --use-gpu, or join a "
+                             f"cluster with --address")
+        scfg = build_search_config(self, device="cpu")
+        del scfg
+
+    def on_cluster(self) -> bool:
+        return bool(self.address or os.environ.get("RAY_ADDRESS"))
+
+
+def _onestage():
+    """The one-stage engine module (imported lazily: the driver needs it only to validate)."""
+    from istanas import onestage
+
+    return onestage
+
+
+def build_search_config(cfg: DistSearchConfig, device: Optional[str] = None):
+    """The :class:`istanas.onestage.OneStageConfig` of a job: preset < ``cfg.search`` < the per-worker batch, and
+    ``device`` (the driver validates with ``"cpu"``; a worker passes its own device).  Validated.
+
+    When the job joins a cluster and ``data.root`` is not visible from the driver (the data lives on the worker
+    nodes), the root is checked by the workers instead.
+    """
+    os_mod = _onestage()
+    overrides = _nested(cfg.search)
+    data = dict(overrides.get("data") or {})
+    if cfg.global_batch_size is not None:
+        data["batch_size"] = cfg.global_batch_size // cfg.num_workers
+    if data:
+        overrides["data"] = data
+    if device is not None:
+        overrides["device"] = device
+    try:
+        scfg = os_mod.OneStageConfig.preset(cfg.search_preset, **overrides)
+    except TypeError as e:  # an unknown top-level key
+        raise ConfigError(f"search: {e}") from None
+    root = scfg.data.root
+    remote_root = (root is not None and cfg.on_cluster() and device == "cpu"
+                   and not os.path.exists(os.path.expanduser(root)))
+    try:
+        if remote_root:   # validate everything else against a stand-in folder; the workers check the root
+            scfg.data.root = tempfile.gettempdir()
+        scfg.validate()
+    except ConfigError as e:
+        raise ConfigError(f"search.{e}") from None
+    finally:
+        scfg.data.root = root
+    return scfg
+
+
+def _nested(flat: dict[str, Any]) -> dict[str, Any]:
+    """``{"data.batch_size": 8, "epochs": 2}`` -> ``{"data": {"batch_size": 8}, "epochs": 2}`` (nested kept)."""
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        parts = str(key).replace("-", "_").split(".")
+        node = out
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"search.{key}: {p} is not a mapping")
+        if isinstance(value, dict) and isinstance(node.get(parts[-1]), dict):
+            node[parts[-1]].update(_nested(value))
+        elif isinstance(value, dict):
+            node[parts[-1]] = _nested(value)
+        else:
+            node[parts[-1]] = value
+    return out
+
+
+# --------------------------------------------------------------------------------------------------- run folder
+def _fs(path: str):
+    import pyarrow.fs as pafs
+
+    return pafs.FileSystem.from_uri(path)
+
+
+def run_exists(cfg: DistSearchConfig) -> bool:
+    """Whether ``<storage>/<name>`` already holds a run."""
+    if not cfg.is_uri:
+        p = cfg.run_path
+        return os.path.isdir(p) and bool(os.listdir(p))
+    import pyarrow.fs as pafs
+
+    fs, p = _fs(cfg.run_path)
+    return fs.get_file_info(p).type != pafs.FileType.NotFound
+
+
+def check_run(cfg: DistSearchConfig, resume: bool) -> None:
+    """Fresh run: the run folder must not exist; ``resume``: it must."""
+    exists = run_exists(cfg)
+    if resume and not exists:
+        raise ConfigError(f"--resume: no run at {cfg.run_path}; start it without --resume")
+    if not resume and exists:
+        raise ConfigError(f"{cfg.run_path} exists; pass --resume to continue that run (same --name and "
+                          f"--storage-path), or choose another --name")
+
+
+# ---------------------------------------------------------------------------------------------- distributed hooks
+class TorchDistHooks:
+    """The engine's distributed hooks on ``torch.distributed`` (see :class:`istanas.onestage.DistHooks`).
+
+    ``wrap``: ``DistributedDataParallel(find_unused_parameters=True)`` (identity with one rank).
+    ``broadcast_support``: rank 0's host support to every rank, over a gloo group (the main group when the backend
+    is gloo, a gloo side group under NCCL), so host tensors never touch the GPU; counts local disagreements.
+    ``all_agree``: rank 0's flags to every rank (the epsilon stop decided once).
+    ``channels_last`` (default: on CUDA): ``wrap`` also puts the super-net's weights and every input batch in
+    channels-last layout (:func:`use_channels_last`); bf16 autocast is the engine's (``OneStageConfig.bf16``).
+    """
+
+    def __init__(self, device: torch.device, rank: int, world_size: int, channels_last: Optional[bool] = None):
+        import torch.distributed as dist
+
+        self.device, self.rank, self.world_size = device, int(rank), int(world_size)
+        self.channels_last = device.type == "cuda" if channels_last is None else bool(channels_last)
+        self.is_main = self.rank == 0
+        self.group = None
+        self.support_broadcasts = 0
+        self.support_mismatches = 0
+        if self.world_size > 1:
+            if not dist.is_initialized():
+                raise RuntimeError("TorchDistHooks: torch.distributed is not initialised (run under Ray Train)")
+            if dist.get_backend() != "gloo":
+                self.group = dist.new_group(backend="gloo")    # collective: every rank creates it
+
+    def wrap(self, module: torch.nn.Module) -> torch.nn.Module:
+        if self.channels_last:
+            use_channels_last(module)
+        if self.world_size == 1:
+            return module
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        ids = [self.device.index if self.device.index is not None else torch.cuda.current_device()] \
+            if self.device.type == "cuda" else None
+        return DDP(module, device_ids=ids, output_device=ids[0] if ids else None, find_unused_parameters=True)
+
+    def broadcast_support(self, support_host: torch.Tensor) -> torch.Tensor:
+        if self.world_size == 1:
+            return support_host
+        import torch.distributed as dist
+
+        local = support_host.detach().to("cpu", torch.int64).contiguous()
+        out = local.clone()
+        dist.broadcast(out, src=0, group=self.group)
+        self.support_broadcasts += 1
+        if not torch.equal(out, local):
+            self.support_mismatches += 1
+        return out
+
+    def all_agree(self, flags: torch.Tensor) -> torch.Tensor:
+        if self.world_size == 1:
+            return flags
+        import torch.distributed as dist
+
+        t = flags.detach().to("cpu", torch.uint8).contiguous().clone()
+        dist.broadcast(t, src=0, group=self.group)
+        return t.bool()
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            dist.barrier(group=self.group)
+
+    def as_engine_hooks(self):
+        """The :class:`istanas.onestage.DistHooks` of these methods."""
+        return _onestage().DistHooks(wrap=self.wrap, broadcast_support=self.broadcast_support,
+                                     all_agree=self.all_agree, is_main=self.is_main)
+
+
+def _channels_last_input(module: torch.nn.Module, args: tuple) -> tuple:
+    if args and isinstance(args[0], torch.Tensor) and args[0].dim() == 4:
+        return (args[0].contiguous(memory_format=torch.channels_last),) + tuple(args[1:])
+    return args
+
+
+def use_channels_last(module: torch.nn.Module) -> torch.nn.Module:
+    """Channels-last layout for the convolutions of ``module`` (in place, idempotent): its ``supernet`` (or the
+    module itself) converted with ``.to(memory_format=torch.channels_last)`` (the parameter objects stay the same,
+    so optimisers keep working), and a forward pre-hook that makes every 4-D input batch channels-last.  The
+    compressed space's 4-D buffers (A, E) are left alone."""
+    target = getattr(module, "supernet", module)
+    target.to(memory_format=torch.channels_last)
+    if getattr(module, "_istanas_channels_last", None) is None:
+        module._istanas_channels_last = module.register_forward_pre_hook(_channels_last_input)
+    return module
+
+
+# ------------------------------------------------------------------------------------------------- worker loop
+def _scalar_metrics(metrics: dict) -> dict[str, Any]:
+    """What goes to ``ray.train.report``: numbers and short strings (genotype JSON included)."""
+    out = {}
+    for k, v in metrics.items():
+        if isinstance(v, bool):
+            out[k] = int(v)
+        elif isinstance(v, (int, float, str)):
+            out[k] = v
+    return out
+
+
+def _local_images(loader) -> int:
+    """Images one epoch of this rank's training loader serves."""
+    n = int(getattr(loader, "num_samples", 0) or 0)
+    bs = getattr(loader, "batch_size", None) or getattr(getattr(loader, "loader", None), "batch_size", None)
+    if bs and len(loader) * int(bs) < n:          # dropped trailing batch
+        n = len(loader) * int(bs)
+    return n
+
+
+def _copy_dir(src: str, dest: str) -> None:
+    """Copy folder ``src`` to ``dest`` (local: into a temporary sibling, then renamed; URI: pyarrow)."""
+    if _URI_RE.match(dest) and not dest.startswith("file://"):
+        import pyarrow.fs as pafs
+
+        fs, p = _fs(dest)
+        fs.create_dir(p, recursive=True)
+        pafs.copy_files(src, p, destination_filesystem=fs)
+        return
+    dest = dest[len("file://"):] if dest.startswith("file://") else dest
+    parent = os.path.dirname(os.path.abspath(dest))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=".tmp-export-")
+    try:
+        shutil.copytree(src, tmp, dirs_exist_ok=True)
+        if os.path.isdir(dest):
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _maybe_fail(cfg: DistSearchConfig, rank: int, epoch: int) -> None:
+    """Testing hook: rank ``fail_rank`` exits abruptly once, before its report of ``fail_at_epoch``."""
+    if cfg.fail_at_epoch is None or rank != cfg.fail_rank or epoch != cfg.fail_at_epoch:
+        return
+    if os.path.exists(cfg.fail_marker):
+        return
+    ckpt.atomic_write_text(cfg.fail_marker, f"rank {rank} exited at epoch {epoch}\n")
+    # let Ray Train's controller collect the previous epoch's report first (it polls every 2 s), so that the
+    # run resumes from the checkpoint of epoch - 1
+    time.sleep(max(0.0, float(cfg.fail_delay_s)))
+    print(f"[istanas] fail_at_epoch: rank {rank} exits abruptly before reporting epoch {epoch}", flush=True)
+    os._exit(1)
+
+
+def _record_supports(cfg: DistSearchConfig, task: Any, rank: int, start: int, genotype: Any = None) -> None:
+    """Debug: write this rank's per-step host supports (and genotype) to ``record_dir``."""
+    if not cfg.record_dir or task is None:
+        return
+    steps = getattr(task, "support_log", None)
+    rec: dict[str, Any] = {"rank": rank, "start_epoch": start,
+                           "supports": torch.stack([s.to(torch.int64).cpu() for s in steps]) if steps
+                           else torch.zeros(0, dtype=torch.int64)}
+    if genotype is not None:
+        rec["genotype"] = genotype.to_json() if hasattr(genotype, "to_json") else json.dumps(genotype)
+    ckpt.save(rec, os.path.join(cfg.record_dir, f"{RECORD_PREFIX}_start{start:04d}_rank{rank}.pt"))
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """The Ray Train worker: one rank of the one-stage search (see the module doc)."""
+    import ray.train
+    import ray.train.torch
+    from ray.train import Checkpoint
+
+    from istanas.data import get_loaders
+
+    os_mod = _onestage()
+    cfg = from_dict(DistSearchConfig, config["job"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device() if cfg.use_gpu else torch.device("cpu")
+    if isinstance(device, list):
+        device = device[0]
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
+    scfg = from_dict(os_mod.OneStageConfig, config["search"])
+    scfg.device = str(device)
+    scfg.validate()
+    if cfg.record_dir and hasattr(scfg, "record_supports"):
+        scfg.record_supports = True
+
+    hooks = TorchDistHooks(device, rank, world)
+    in_mem = scfg.data.resolved_in_memory
+    # the one-stage search trains W and b on the whole training set (sharded); "valid" is the test set
+    data = get_loaders(scfg.data, "train", seed=scfg.seed, rank=rank, world_size=world,
+                       device=device if in_mem else None)
+    n_local = _local_images(data.train)
+
+    resume, start = None, 0
+    found = ray.train.get_checkpoint()
+    if found is not None:
+        with found.as_directory() as d:
+            resume = ckpt.load(os.path.join(d, STATE_FILE))
+        start = int(resume["epoch"])
+    if rank == 0 and cfg.verbose:
+        what = f"resuming after epoch {start}" if resume is not None else "fresh start"
+        print(f"[istanas {cfg.name}] {world} workers ({cfg.backend}, {device.type}), {data.train_size} training "
+              f"images, batch {scfg.data.batch_size} per worker; {what}", flush=True)
+
+    tasks: list = []
+    pending: dict[str, Any] = {"state": resume}
+
+    def on_checkpoint(state: dict) -> None:
+        pending["state"] = state
+
+    def on_report(metrics: dict) -> None:
+        epoch = int(metrics.get("epoch", 0))
+        m = _scalar_metrics(metrics)
+        t = float(metrics.get("train_time_s") or metrics.get("epoch_time_s") or float("nan"))
+        m["images_per_s"] = world * n_local / t if t > 0 else float("nan")
+        m["images_per_s_per_worker"] = n_local / t if t > 0 else float("nan")
+        m["world_size"] = world
+        m["resumed_from_epoch"] = start
+        m["support_mismatches"] = hooks.support_mismatches
+        if device.type == "cuda":
+            m["gpu_mem_peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+            m["gpu_mem_reserved_mb"] = torch.cuda.max_memory_reserved(device) / 2**20
+            torch.cuda.reset_peak_memory_stats(device)
+        _record_supports(cfg, tasks[0] if tasks else None, rank, start)
+        _maybe_fail(cfg, rank, epoch)
+        state = pending.get("state")
+        if rank == 0 and state is not None:
+            with tempfile.TemporaryDirectory() as d:
+                ckpt.save(state, os.path.join(d, STATE_FILE))
+                ray.train.report(m, checkpoint=Checkpoint.from_directory(d), checkpoint_dir_name=f"epoch_{epoch:05d}")
+        else:
+            ray.train.report(m)
+        if rank == 0 and cfg.verbose:
+            keys = ("train_loss", "train_acc", "val_acc", "images_per_s", "peak_mem_mb", "gpu_mem_peak_mb",
+                    "search_phase", "searching", "frozen_nodes")
+            parts = [f"{k} {m[k]:.4g}" if isinstance(m[k], float) else f"{k} {m[k]}" for k in keys if k in m]
+            print(f"[istanas {cfg.name}] epoch {epoch}: " + " | ".join(parts), flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="istanas-export-") as tmp:
+        export_dir = os.path.join(tmp, EXPORT_DIR) if rank == 0 else None
+        result = os_mod.search(scfg, data=data, report=on_report, checkpoint=on_checkpoint, resume=resume,
+                               progress=False, task_out=tasks, dist=hooks.as_engine_hooks(), export_dir=export_dir)
+        task = tasks[0] if tasks else None
+        _record_supports(cfg, task, rank, start, result.get("genotype"))
+        final = _scalar_metrics(result.get("final", {}))
+        last = result.get("history", [{}])[-1] if result.get("history") else {}
+        final.update({k: last[k] for k in ("test_acc", "test_loss") if isinstance(last.get(k), float)})
+        final.update({"search_done": 1, "genotype_digest": result.get("genotype_digest", ""),
+                      "genotype": result.get("genotype_json", ""), "export_dir": cfg.export_path,
+                      "resumed_from_epoch": start, "support_mismatches": hooks.support_mismatches,
+                      "switch_epoch": int(result.get("switch_epoch", 0)), "params": int(result.get("params", 0)),
+                      "epoch": int(final.get("epochs", len(result.get("history", []))))})
+        if rank != 0:
+            ray.train.report(final)
+            return
+        # rank 0: the stand-alone model (Eq. 12) into the run's storage, then a final checkpoint with the result
+        _copy_dir(export_dir, cfg.export_path)
+        final["export_files"] = ",".join(sorted(os.path.basename(p) for p in result.get("export", {}).values()))
+        keep = os.path.join(tmp, "final")
+        os.makedirs(keep)
+        if pending.get("state") is not None:
+            ckpt.save(pending["state"], os.path.join(keep, STATE_FILE))
+        rec = {k: v for k, v in result.items() if k not in ("genotype", "history")}
+        rec["history"] = [_scalar_metrics(h) for h in result.get("history", [])]
+        rec["export_dir"] = cfg.export_path
+        ckpt.atomic_write_json(os.path.join(keep, RESULT_FILE), rec)
+        shutil.copy2(os.path.join(export_dir, "genotype.json"), os.path.join(keep, "genotype.json"))
+        ray.train.report(final, checkpoint=Checkpoint.from_directory(keep))
+    if cfg.verbose:
+        print(f"[istanas {cfg.name}] done: genotype {final['genotype_digest']}; the stand-alone model (Eq. 12), "
+              f"genotype and ONNX are in {cfg.export_path}", flush=True)
+
+
+# ---------------------------------------------------------------------------------------------------- driver
+@dataclass
+class DistOutcome:
+    """What a distributed search produced."""
+
+    run_path: str
+    export_path: str
+    genotype: Optional[str]
+    genotype_digest: Optional[str]
+    metrics: dict
+    checkpoint_path: Optional[str]
+    wall_time_s: float
+
+
+def _package_dirs() -> list[str]:
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return [os.path.join(root, p) for p in ("istanas", "spaces", "orchestrator")
+            if os.path.isdir(os.path.join(root, p))]
+
+
+def init_ray(cfg: DistSearchConfig) -> bool:
+    """Start an embedded local Ray or join ``cfg.address`` / ``RAY_ADDRESS``; True when this call started Ray."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = cfg.address or os.environ.get("RAY_ADDRESS") or None
+    if address:
+        ctx = ray.init(address=address, namespace=NAMESPACE, log_to_driver=True,
+                       runtime_env={"py_modules": _package_dirs(), "env_vars": {"PYTHONUNBUFFERED": "1"}})
+    else:
+        ctx = ray.init(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, include_dashboard=cfg.dashboard,
+                       dashboard_host=cfg.dashboard_host, dashboard_port=cfg.dashboard_port, namespace=NAMESPACE,
+                       log_to_driver=True)
+    if cfg.verbose:
+        res = ray.cluster_resources()
+        where = f"cluster at {address}" if address else "local Ray"
+        print(f"[istanas {cfg.name}] {where}: {res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs", flush=True)
+        url = getattr(ctx, "dashboard_url", None)
+        if url:
+            print(f"[istanas {cfg.name}] Ray dashboard: http://{url} (Train view: per-epoch metrics; token auth is "
+                  f"on: `ray get-auth-token` prints the token it asks for)", flush=True)
+    return True
+
+
+def build_trainer(cfg: DistSearchConfig, scfg: Any = None, train_fn: Callable[[dict], None] = train_loop_per_worker):
+    """The ``TorchTrainer`` of a job (call inside a Ray session)."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    scfg = scfg if scfg is not None else build_search_config(cfg, device="cpu")
+    return TorchTrainer(
+        train_fn,
+        train_loop_config={"job": to_dict(cfg), "search": to_dict(scfg)},
+        torch_config=TorchConfig(backend=cfg.backend, timeout_s=cfg.timeout_s),
+        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
+                                     resources_per_worker=cfg.worker_resources()),
+        run_config=RunConfig(name=cfg.name, storage_path=cfg.storage,
+                             failure_config=FailureConfig(max_failures=cfg.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints)),
+    )
+
+
+def run_distributed_search(cfg: DistSearchConfig, *, resume: bool = False, validate: bool = True) -> DistOutcome:
+    """Validate, start (or join) Ray, fit the ``TorchTrainer``, and return the outcome.  An already initialised
+    Ray is used as is and left running; otherwise Ray is started here and shut down at the end."""
+    t0 = time.perf_counter()
+    if validate:
+        cfg.validate()
+    check_run(cfg, resume)
+    scfg = build_search_config(cfg, device="cpu")
+    started = init_ray(cfg)
+    import ray
+
+    try:
+        result = build_trainer(cfg, scfg).fit()
+    finally:
+        if started:
+            ray.shutdown()
+    metrics = dict(result.metrics or {})
+    ck = result.checkpoint
+    return DistOutcome(run_path=cfg.run_path, export_path=cfg.export_path, genotype=metrics.get("genotype"),
+                       genotype_digest=metrics.get("genotype_digest"), metrics=metrics,
+                       checkpoint_path=ck.path if ck is not None else None, wall_time_s=time.perf_counter() - t0)
+
+
+__all__ = ["DistSearchConfig", "TorchDistHooks", "use_channels_last", "DistOutcome", "build_search_config", "build_trainer",
+           "check_run", "run_exists", "init_ray", "run_distributed_search", "train_loop_per_worker",
+           "STATE_FILE", "RESULT_FILE", "EXPORT_DIR"]

@@ -1,0 +1,326 @@
+"""Distributed one-stage ISTA-NAS on Ray Train (orchestrator/train_onestage.py), launch/imagenet_search.py and
+cluster.yaml.
+
+The end-to-end test runs 2 CPU workers (gloo) on a small ImageFolder of real Imagenette JPEGs through the
+search-to-train switch, kills one worker mid-run (``os._exit`` before its report of epoch 3, once) and checks that
+the run resumed from the last checkpoint and finished, that both ranks had the same support at every step and the
+same final genotype, and that the stand-alone model was exported into the run's storage.
+"""
+from __future__ import annotations
+
+import copy
+import glob
+import json
+import os
+import zipfile
+
+import pytest
+import torch
+import yaml
+
+from istanas.config import ConfigError
+
+pytestmark = []
+
+N_CLASSES, N_TRAIN, N_VAL = 4, 8, 2
+
+
+@pytest.fixture(scope="module")
+def imagefolder(tmp_path_factory, shared_data) -> str:
+    """``root/train/<wnid>/*.JPEG`` (8 per class) and ``root/val/<wnid>/*.JPEG`` (2 per class): 4 classes of real
+    Imagenette JPEGs copied out of the shared zip."""
+    src = os.path.join(shared_data, "imagenette-val-jpg.zip")
+    if not os.path.isfile(src):
+        pytest.skip("imagenette-val-jpg.zip not in the shared data folder")
+    root = tmp_path_factory.mktemp("imagenet")
+    with zipfile.ZipFile(src) as zf:
+        by_class: dict[str, list[str]] = {}
+        for name in sorted(zf.namelist()):
+            parts = name.split("/")
+            if len(parts) == 4 and parts[3].lower().endswith(".jpeg"):
+                by_class.setdefault(parts[2], []).append(name)
+        for wnid in sorted(by_class)[:N_CLASSES]:
+            names = by_class[wnid][:N_TRAIN + N_VAL]
+            for i, name in enumerate(names):
+                split = "train" if i < N_TRAIN else "val"
+                dest = root / split / wnid / os.path.basename(name)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                dest.write_bytes(zf.read(name))
+    return str(root)
+
+
+def _job(root: str, tmp: str, **kw):
+    from orchestrator.train_onestage import DistSearchConfig
+
+    search = {
+        "data": {"root": root, "image_size": 32, "batch_size": 4, "eval_batch_size": 8, "num_workers": 0},
+        "C": 4, "layers": 3, "epochs": 4, "search_epochs": 2, "train_epochs": 2, "epsilon": 0.0,
+        "auxiliary": False, "eval_every": 1, "lr": 0.05,
+    }
+    base = dict(name="e2e", storage_path=os.path.join(tmp, "storage"), search_preset="imagenet", search=search,
+                num_workers=2, cpus_per_worker=1, max_failures=2, keep_checkpoints=2, dashboard=False,
+                verbose=True)
+    base.update(kw)
+    return DistSearchConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    ray = pytest.importorskip("ray")
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True)
+    yield ray
+    ray.shutdown()
+
+
+# ------------------------------------------------------------------------------------------------ end to end
+@pytest.mark.slow
+def test_two_workers_end_to_end_with_a_killed_worker(imagefolder, ray_local, tmp_path):
+    from orchestrator.train_onestage import RECORD_PREFIX, run_distributed_search
+
+    marker = str(tmp_path / "killed")
+    record = str(tmp_path / "record")
+    cfg = _job(imagefolder, str(tmp_path), fail_at_epoch=3, fail_rank=1, fail_marker=marker, record_dir=record)
+    out = run_distributed_search(cfg)
+
+    # one worker was killed mid-run; the run resumed from the checkpoint of epoch 2 (after the switch) and finished
+    assert os.path.isfile(marker)
+    m = out.metrics
+    assert m["search_done"] == 1 and m["epoch"] == 4
+    assert m["resumed_from_epoch"] == 2
+    assert m["switch_epoch"] == 2                     # search_epochs=2: the search ended, then 2 training epochs
+    assert m["support_mismatches"] == 0               # every rank's own recovery agreed with rank 0's support
+    # the stand-alone model (Eq. 12) and genotype in the run's storage
+    files = set(os.listdir(out.export_path))
+    assert {"genotype.json", "model.pt", "model.safetensors", "model.onnx", "export.json"} <= files
+    with open(os.path.join(out.export_path, "genotype.json")) as f:
+        exported = json.load(f)
+    from spaces.genotype import load_genotype
+
+    assert load_genotype(json.dumps(exported)).digest() == out.genotype_digest
+    from istanas.absorb import load_exported
+
+    net = load_exported(out.export_path)
+    assert net(torch.zeros(2, 3, 32, 32))[0].shape == (2, N_CLASSES)
+    assert out.checkpoint_path is not None and os.path.isfile(os.path.join(out.checkpoint_path, "result.json"))
+
+    # both ranks: the same host support at every step of every session, and the same final genotype
+    recs = {}
+    for path in glob.glob(os.path.join(record, f"{RECORD_PREFIX}_start*_rank*.pt")):
+        rec = torch.load(path, weights_only=True)
+        recs[(rec["start_epoch"], rec["rank"])] = rec
+    assert {s for s, _ in recs} == {0, 2}
+    first = recs[(0, 0)]["supports"], recs[(0, 1)]["supports"]
+    n = min(len(first[0]), len(first[1]))
+    assert n >= 8                                     # 2 search epochs x 4 steps before the kill
+    assert torch.equal(first[0][:n], first[1][:n])
+    second = recs[(2, 0)]["supports"], recs[(2, 1)]["supports"]
+    assert len(second[0]) == len(second[1]) == 8 and torch.equal(second[0], second[1])
+    assert torch.equal(second[0][0], first[0][n - 1])  # the resumed run trains the support of the checkpoint
+    assert recs[(2, 0)]["genotype"] == recs[(2, 1)]["genotype"]
+    assert load_genotype(recs[(2, 0)]["genotype"]).digest() == out.genotype_digest
+
+
+# ---------------------------------------------------------------------------------------------------- config
+def test_config_validation_names_the_field(imagefolder, tmp_path):
+    bad = [
+        (dict(num_workers=0), "num_workers"),
+        (dict(global_batch_size=7), "global_batch_size"),
+        (dict(max_failures=-2), "max_failures"),
+        (dict(name="a b"), "name"),
+        (dict(cpus_per_worker=0), "cpus_per_worker"),
+        (dict(fail_at_epoch=1), "fail_marker"),
+        (dict(search={"lr": -1.0}), "search.lr"),
+        (dict(search={"data": {"root": str(tmp_path / "missing")}}), "search.data.root"),
+        (dict(search={"no_such_key": 1}), "no_such_key"),
+    ]
+    for kw, field in bad:
+        cfg = _job(imagefolder, str(tmp_path), **kw)
+        if "search" in kw:
+            cfg.search = {**_job(imagefolder, str(tmp_path)).search, **kw["search"]}
+        with pytest.raises(ConfigError, match=field.split(".")[-1]):
+            cfg.validate()
+    cfg = _job(imagefolder, str(tmp_path), global_batch_size=16)
+    cfg.validate()
+    from orchestrator.train_onestage import build_search_config
+
+    assert build_search_config(cfg, "cpu").data.batch_size == 8
+
+
+def test_cluster_data_root_is_checked_on_the_workers(imagefolder, tmp_path):
+    """Joining a cluster, a data root that is not visible from the driver is left to the workers."""
+    cfg = _job(imagefolder, str(tmp_path), address="auto")
+    cfg.search = {**cfg.search, "data": {**cfg.search["data"], "root": "/data/imagenet-not-here"}}
+    cfg.validate()
+    cfg.address = None
+    with pytest.raises(ConfigError, match="root"):
+        cfg.validate()
+
+
+def test_run_folder_fresh_or_resume(imagefolder, tmp_path):
+    from orchestrator.train_onestage import check_run
+
+    cfg = _job(imagefolder, str(tmp_path))
+    check_run(cfg, resume=False)
+    with pytest.raises(ConfigError, match="--resume"):
+        check_run(cfg, resume=True)
+    os.makedirs(cfg.run_path)
+    open(os.path.join(cfg.run_path, "x"), "w").close()
+    with pytest.raises(ConfigError, match="exists"):
+        check_run(cfg, resume=False)
+    check_run(cfg, resume=True)
+
+
+# ------------------------------------------------------------------------------------------------------- CLI
+def _cli(argv):
+    import importlib.util
+
+    from istanas.cli import repo_root
+
+    spec = importlib.util.spec_from_file_location("imagenet_search", os.path.join(repo_root(), "launch",
+                                                                                  "imagenet_search.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.main(argv)
+
+
+def test_cli_rejects_bad_input_before_ray_starts(imagefolder, tmp_path, capsys):
+    import ray
+
+    if ray.is_initialized():
+        pytest.skip("a Ray session is already running in this process")
+    store = str(tmp_path / "s")
+    cases = [
+        ["--data", str(tmp_path / "missing"), "--storage-path", store],
+        ["--data", imagefolder, "--num-workers", "0", "--storage-path", store],
+        ["--data", imagefolder, "--num-workers", "3", "--global-batch-size", "8", "--storage-path", store],
+        ["--data", imagefolder, "--set", "lr=-1", "--storage-path", store],
+        ["--data", imagefolder, "--set", "nonsense=1", "--storage-path", store],
+        ["--data", imagefolder, "--storage-path", store, "--resume"],          # nothing to resume
+    ]
+    if not torch.cuda.is_available():
+        cases.append(["--data", imagefolder, "--use-gpu", "--storage-path", store])
+    for argv in cases:
+        assert _cli(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("error: "), (argv, err)
+    assert not ray.is_initialized()
+    assert not os.path.exists(store)
+    with pytest.raises(SystemExit) as e:
+        _cli(["--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    for word in ("--num-workers", "--use-gpu", "--address", "--storage-path", "ray up", "--resume"):
+        assert word in text
+
+
+def test_cli_print_config(imagefolder, tmp_path, capsys):
+    rc = _cli(["--data", imagefolder, "--num-workers", "2", "--global-batch-size", "16", "--epochs", "3", "--search-epochs", "2",
+               "--storage-path", str(tmp_path / "s"), "--print-config"])
+    assert rc == 0
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert cfg["job"]["num_workers"] == 2 and cfg["search"]["data"]["batch_size"] == 8
+    assert cfg["search"]["epochs"] == 3 and cfg["search"]["data"]["root"] == imagefolder
+
+
+# -------------------------------------------------------------------------------------------------- cluster
+def test_cluster_yaml_validates_against_rays_schema(repo_root):
+    """cluster.yaml against Ray's cluster-config JSON schema (as written, and after Ray fills its defaults, as
+    `ray up` does before launching anything); no network."""
+    import jsonschema
+    import ray.autoscaler
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    with open(os.path.join(repo_root, "cluster.yaml")) as f:
+        cfg = yaml.safe_load(f)
+    with open(os.path.join(os.path.dirname(ray.autoscaler.__file__), "ray-schema.json")) as f:
+        schema = json.load(f)
+    jsonschema.validate(cfg, schema)
+    validate_config(prepare_config(copy.deepcopy(cfg)))
+
+    # what the issue asks of it
+    assert cfg["provider"]["type"] == "aws"
+    types_ = cfg["available_node_types"]
+    head = types_[cfg["head_node_type"]]
+    assert head["resources"].get("GPU", 0) == 0 and head["resources"].get("CPU") == 0
+    gpu = [t for n, t in types_.items() if n != cfg["head_node_type"]]
+    assert gpu and all(t["node_config"]["InstanceType"] in ("p3.16xlarge", "p4d.24xlarge", "g5.48xlarge",
+                                                            "p5.48xlarge", "g6.48xlarge") for t in gpu)
+    assert all(0 <= t["min_workers"] <= t["max_workers"] for t in gpu)
+    assert any("pip install" in c and "-e ." in c for c in cfg["setup_commands"])
+    assert cfg["file_mounts"]
+    start = " ".join(cfg["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in start and "0.0.0.0" not in json.dumps(cfg)
+
+    # and the schema does reject a broken config
+    broken = copy.deepcopy(cfg)
+    broken["available_node_types"][cfg["head_node_type"]]["max_workers"] = "many"
+    with pytest.raises(jsonschema.ValidationError):
+        validate_config(prepare_config(broken))
+
+
+# ----------------------------------------------------------------------------------------------------- hooks
+def _hooks_worker(rank: int, world: int, port: int, out: str) -> None:
+    import torch.distributed as dist
+
+    from orchestrator.train_onestage import TorchDistHooks
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        hooks = TorchDistHooks(torch.device("cpu"), rank, world)
+        same = torch.arange(16, dtype=torch.int64).view(2, 4, 2)
+        got_same = hooks.broadcast_support(same.clone())
+        mine = same + rank                       # rank 1 disagrees: it must get rank 0's support anyway
+        got = hooks.broadcast_support(mine)
+        flags = torch.tensor([[rank == 0, False], [True, rank == 1]])
+        agreed = hooks.all_agree(flags)
+        torch.save({"same": got_same, "got": got, "agreed": agreed, "mismatches": hooks.support_mismatches,
+                    "broadcasts": hooks.support_broadcasts}, os.path.join(out, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_dist_hooks_broadcast_rank0_support_and_stop_decision(tmp_path):
+    """Two gloo processes: every rank ends up with rank 0's support and rank 0's stop flags; a rank whose own
+    recovery disagreed counts it."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_hooks_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    base = torch.arange(16, dtype=torch.int64).view(2, 4, 2)
+    for r in (r0, r1):
+        assert torch.equal(r["same"], base) and torch.equal(r["got"], base)
+        assert torch.equal(r["agreed"], torch.tensor([[True, False], [True, False]]))
+        assert r["broadcasts"] == 2
+    assert r0["mismatches"] == 0 and r1["mismatches"] == 1
+
+
+def test_channels_last_wrap_keeps_outputs_and_parameters():
+    """``wrap`` with channels_last (on CUDA by default; forced here on the CPU): same parameters (the optimiser
+    still holds them), channels-last weights and inputs, the same logits."""
+    from istanas.onestage import OneStageConfig, OneStageTask
+    from orchestrator.train_onestage import TorchDistHooks
+
+    cfg = OneStageConfig.preset("small", C=4, layers=3, device="cpu", auxiliary=False,
+                                data={"limit_train": 32, "limit_test": 16})
+    task = OneStageTask(cfg)
+    net = task.net.eval()
+    x = next(iter(task.loaders.valid))[0][:4]
+    with torch.no_grad():
+        ref = net(x)
+    ids = [id(p) for p in net.parameters()]
+    hooks = TorchDistHooks(torch.device("cpu"), 0, 1, channels_last=True)
+    assert hooks.wrap(net) is net and hooks.wrap(net) is net       # idempotent
+    assert [id(p) for p in net.parameters()] == ids
+    convs = [m.weight for m in net.supernet.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in convs if w.shape[-1] > 1)
+    assert net.space.A.is_contiguous()
+    with torch.no_grad():
+        out = net(x)
+    assert torch.allclose(out, ref, atol=1e-5, rtol=1e-4)
