@@ -23,7 +23,7 @@ import time
 from typing import Any, Callable, Mapping, Optional, TypeVar
 
 from . import checkpoint as ckpt
-from .config import ConfigError, from_dict, merge_overrides, read_yaml, to_dict
+from .config import ConfigError, from_dict, merge_overrides, read_yaml, set_path, to_dict
 
 T = TypeVar("T")
 
@@ -58,16 +58,6 @@ def add_common_args(parser: argparse.ArgumentParser, *, default_out: str) -> Non
     parser.set_defaults(_out_default=default_out)
 
 
-def _set_path(data: dict, path: list[str], value: Any) -> None:
-    node = data
-    for p in path[:-1]:
-        child = node.get(p)
-        child = dict(child) if isinstance(child, Mapping) else {}
-        node[p] = child
-        node = child
-    node[path[-1]] = value
-
-
 def _deep_merge(base: Mapping[str, Any], extra: Mapping[str, Any], *, skip_none: bool = True) -> dict:
     """Merge ``extra`` into a copy of ``base``; nested mappings merge, ``None`` values are skipped when
     ``skip_none`` (a flag not given), and dotted keys (``"data.dataset"``) address nested configs."""
@@ -86,7 +76,7 @@ def _deep_merge(base: Mapping[str, Any], extra: Mapping[str, Any], *, skip_none:
             node.clear()
             node.update(merged)
         else:
-            _set_path(out, path, value)
+            set_path(out, path, value)
     return out
 
 

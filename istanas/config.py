@@ -152,17 +152,22 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
+def set_path(data: dict[str, Any], path: Sequence[str], value: Any) -> None:
+    """``data[p0][p1]...[pn] = value``, copying (or creating) the nested mappings on the way."""
+    node = data
+    for p in path[:-1]:
+        child = node.get(p)
+        child = dict(child) if isinstance(child, Mapping) else {}
+        node[p] = child
+        node = child
+    node[path[-1]] = value
+
+
 def merge_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """A copy of ``data`` with every ``key.sub=value`` override applied in order."""
     out = dict(data)
     for text in overrides:
-        path, value = parse_override(text)
-        node = out
-        for p in path[:-1]:
-            child = node.get(p)
-            child = dict(child) if isinstance(child, Mapping) else {}
-            node[p] = child
-            node = child
-        node[path[-1]] = value
+        set_path(out, *parse_override(text))
     return out
 
 
