@@ -42,17 +42,19 @@ examples:
   # one 8-GPU machine: 8 workers, global batch 1024 (128 per GPU), lr scaled with it
   python launch/imagenet_search.py --data /data/imagenet --num-workers 8 --use-gpu \\
       --global-batch-size 1024 --set lr=0.5
-  # a Ray cluster started with `ray up cluster.yaml` (run on the head: `ray attach cluster.yaml`),
-  # 4 nodes x 8 GPUs, results on S3
-  python launch/imagenet_search.py --address auto --data /data/imagenet --num-workers 32 --use-gpu \\
-      --cpus-per-worker 7 --global-batch-size 4096 --set lr=2.0 --storage-path s3://my-bucket/istanas
-  # the driver died or the cluster was restarted: continue the same run
-  python launch/imagenet_search.py --address auto --data /data/imagenet --num-workers 32 --use-gpu \\
+  # a Ray cluster started with `ray up cluster.yaml` (run on the head, e.g. through `ray exec cluster.yaml`),
+  # 2 nodes x 8 GPUs, results on S3
+  python launch/imagenet_search.py --address auto --data /data/imagenet --num-workers 16 --use-gpu \\
+      --cpus-per-worker 7 --loader-workers 6 --global-batch-size 2048 --set lr=1.0 \\
+      --storage-path s3://my-bucket/istanas
+  # the driver died or the cluster was restarted: the same command with --resume continues the run
+  python launch/imagenet_search.py --address auto --data /data/imagenet --num-workers 16 --use-gpu \\
+      --cpus-per-worker 7 --loader-workers 6 --global-batch-size 2048 --set lr=1.0 \\
       --storage-path s3://my-bucket/istanas --resume
   # a CPU smoke test on the shared Imagenette images (2 workers, gloo, tiny net)
   python launch/imagenet_search.py --data ../shared/data/imagenette-val-jpg.zip --holdout-fraction 0.2 \\
       --num-workers 2 --num-cpus 2 --image-size 32 --global-batch-size 16 --limit-train 64 \\
-      --epochs 4 --search-epochs 2 --set C=8 --set layers=5 --set data.num_workers=0 --name smoke
+      --epochs 4 --search-epochs 2 --loader-workers 0 --set C=8 --set layers=5 --name smoke
   # show the resolved configuration and exit
   python launch/imagenet_search.py --data /data/imagenet --num-workers 8 --use-gpu --print-config
 

@@ -57,6 +57,7 @@ from istanas import checkpoint as ckpt
 from istanas.config import ConfigError, check, from_dict, to_dict
 
 STATE_FILE = "state.pt"
+REPORTS_FILE = "reports.json"
 RESULT_FILE = "result.json"
 EXPORT_DIR = "export"
 RECORD_PREFIX = "supports"
@@ -224,6 +225,8 @@ def build_search_config(cfg: DistSearchConfig, device: Optional[str] = None):
     except TypeError as e:  # an unknown top-level key
         raise ConfigError(f"search: {e}") from None
     root = scfg.data.root
+    if root is not None and os.path.exists(os.path.expanduser(root)):
+        root = scfg.data.root = os.path.abspath(os.path.expanduser(root))   # workers run in another folder
     remote_root = (root is not None and cfg.on_cluster() and device == "cpu"
                    and not os.path.exists(os.path.expanduser(root)))
     try:
@@ -476,11 +479,14 @@ def train_loop_per_worker(config: dict) -> None:
                        device=device if in_mem else None)
     n_local = _local_images(data.train)
 
-    resume, start = None, 0
+    resume, start, reports = None, 0, []
     found = ray.train.get_checkpoint()
     if found is not None:
         with found.as_directory() as d:
             resume = ckpt.load(os.path.join(d, STATE_FILE))
+            if os.path.isfile(os.path.join(d, REPORTS_FILE)):
+                with open(os.path.join(d, REPORTS_FILE), encoding="utf-8") as f:
+                    reports = [r for r in json.load(f) if int(r.get("epoch", 0)) <= int(resume["epoch"])]
         start = int(resume["epoch"])
     if rank == 0 and cfg.verbose:
         what = f"resuming after epoch {start}" if resume is not None else "fresh start"
@@ -497,6 +503,7 @@ def train_loop_per_worker(config: dict) -> None:
         epoch = int(metrics.get("epoch", 0))
         m = _scalar_metrics(metrics)
         t = float(metrics.get("train_time_s") or metrics.get("epoch_time_s") or float("nan"))
+        m["train_images"] = world * n_local
         m["images_per_s"] = world * n_local / t if t > 0 else float("nan")
         m["images_per_s_per_worker"] = n_local / t if t > 0 else float("nan")
         m["world_size"] = world
@@ -508,10 +515,12 @@ def train_loop_per_worker(config: dict) -> None:
             torch.cuda.reset_peak_memory_stats(device)
         _record_supports(cfg, tasks[0] if tasks else None, rank, start)
         _maybe_fail(cfg, rank, epoch)
+        reports.append({k: v for k, v in m.items() if k != "genotype"})
         state = pending.get("state")
         if rank == 0 and state is not None:
             with tempfile.TemporaryDirectory() as d:
                 ckpt.save(state, os.path.join(d, STATE_FILE))
+                ckpt.atomic_write_json(os.path.join(d, REPORTS_FILE), reports)
                 ray.train.report(m, checkpoint=Checkpoint.from_directory(d), checkpoint_dir_name=f"epoch_{epoch:05d}")
         else:
             ray.train.report(m)
@@ -547,8 +556,10 @@ def train_loop_per_worker(config: dict) -> None:
             ckpt.save(pending["state"], os.path.join(keep, STATE_FILE))
         rec = {k: v for k, v in result.items() if k not in ("genotype", "history")}
         rec["history"] = [_scalar_metrics(h) for h in result.get("history", [])]
+        rec["reports"] = reports            # per epoch as reported: + images_per_s, GPU memory, resumed_from_epoch
         rec["export_dir"] = cfg.export_path
         ckpt.atomic_write_json(os.path.join(keep, RESULT_FILE), rec)
+        ckpt.atomic_write_json(os.path.join(keep, REPORTS_FILE), reports)
         shutil.copy2(os.path.join(export_dir, "genotype.json"), os.path.join(keep, "genotype.json"))
         ray.train.report(final, checkpoint=Checkpoint.from_directory(keep))
     if cfg.verbose:
@@ -601,15 +612,26 @@ def init_ray(cfg: DistSearchConfig) -> bool:
     return True
 
 
+def worker_config(cfg: DistSearchConfig, scfg: Any = None) -> dict[str, dict]:
+    """``train_loop_config`` of the workers: ``{"job": ..., "search": ...}`` with every local path absolute (Ray
+    Train workers run in another folder)."""
+    scfg = scfg if scfg is not None else build_search_config(cfg, device="cpu")
+    job = to_dict(cfg)
+    job["storage_path"] = cfg.storage
+    for key in ("fail_marker", "record_dir"):
+        if job.get(key):
+            job[key] = os.path.abspath(os.path.expanduser(job[key]))
+    return {"job": job, "search": to_dict(scfg)}
+
+
 def build_trainer(cfg: DistSearchConfig, scfg: Any = None, train_fn: Callable[[dict], None] = train_loop_per_worker):
     """The ``TorchTrainer`` of a job (call inside a Ray session)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    scfg = scfg if scfg is not None else build_search_config(cfg, device="cpu")
     return TorchTrainer(
         train_fn,
-        train_loop_config={"job": to_dict(cfg), "search": to_dict(scfg)},
+        train_loop_config=worker_config(cfg, scfg),
         torch_config=TorchConfig(backend=cfg.backend, timeout_s=cfg.timeout_s),
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker=cfg.worker_resources()),
@@ -642,6 +664,6 @@ def run_distributed_search(cfg: DistSearchConfig, *, resume: bool = False, valid
                        checkpoint_path=ck.path if ck is not None else None, wall_time_s=time.perf_counter() - t0)
 
 
-__all__ = ["DistSearchConfig", "TorchDistHooks", "use_channels_last", "DistOutcome", "build_search_config", "build_trainer",
+__all__ = ["DistSearchConfig", "TorchDistHooks", "use_channels_last", "DistOutcome", "build_search_config", "build_trainer", "worker_config",
            "check_run", "run_exists", "init_ray", "run_distributed_search", "train_loop_per_worker",
            "STATE_FILE", "RESULT_FILE", "EXPORT_DIR"]

@@ -120,6 +120,16 @@ def test_two_workers_end_to_end_with_a_killed_worker(imagefolder, ray_local, tmp
     assert torch.equal(second[0][0], first[0][n - 1])  # the resumed run trains the support of the checkpoint
     assert recs[(2, 0)]["genotype"] == recs[(2, 1)]["genotype"]
     assert load_genotype(recs[(2, 0)]["genotype"]).digest() == out.genotype_digest
+    with open(os.path.join(out.checkpoint_path, "result.json")) as f:
+        reports = json.load(f)["reports"]
+    assert [r["epoch"] for r in reports] == [1, 2, 3, 4]          # epochs 1-2 carried over from the checkpoint
+    assert all(r["images_per_s"] > 0 and r["peak_mem_mb"] > 0 for r in reports)
+
+    # rerunning the same run name and storage resumes it (here: from its final checkpoint, nothing left to train)
+    again = run_distributed_search(_job(imagefolder, str(tmp_path), record_dir=None), resume=True)
+    assert again.metrics["resumed_from_epoch"] == 4 and again.genotype_digest == out.genotype_digest
+    with pytest.raises(ConfigError, match="exists"):
+        run_distributed_search(_job(imagefolder, str(tmp_path)))
 
 
 # ---------------------------------------------------------------------------------------------------- config
@@ -324,3 +334,19 @@ def test_channels_last_wrap_keeps_outputs_and_parameters():
     with torch.no_grad():
         out = net(x)
     assert torch.allclose(out, ref, atol=1e-5, rtol=1e-4)
+
+
+def test_worker_config_makes_local_paths_absolute(imagefolder, tmp_path, monkeypatch):
+    """Ray Train workers run in another folder: relative storage / data / debug paths reach them absolute."""
+    from orchestrator.train_onestage import worker_config
+
+    monkeypatch.chdir(os.path.dirname(imagefolder))
+    cfg = _job(os.path.basename(imagefolder), str(tmp_path), storage_path="runs/rel", record_dir="rec",
+               fail_at_epoch=2, fail_marker="marker")
+    cfg.validate()
+    wc = worker_config(cfg)
+    assert wc["job"]["storage_path"] == os.path.abspath("runs/rel")
+    assert wc["search"]["data"]["root"] == imagefolder
+    assert wc["job"]["record_dir"] == os.path.abspath("rec") and wc["job"]["fail_marker"] == os.path.abspath("marker")
+    s3 = worker_config(_job(imagefolder, str(tmp_path), storage_path="s3://bucket/runs/"))
+    assert s3["job"]["storage_path"] == "s3://bucket/runs"
