@@ -290,17 +290,19 @@ class CompressedSpace(nn.Module):
         edges = torch.sort(best, dim=-1, descending=True, stable=True).indices[..., :s]
         return (edges * K + op.gather(-1, edges)).contiguous()
 
-    def coefficients(self, support: torch.Tensor, z: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def coefficients(self, support: torch.Tensor, z: Optional[torch.Tensor] = None,
+                     dtype: Optional[torch.dtype] = None) -> torch.Tensor:
         """Coefficients of the support ops, paper Eq. 11: c = b^T A_S - z_S^T E_SS, ``[T, steps, s]``.
 
         Differentiable w.r.t. b only (A, E are buffers; z, default the stored recovery, is a constant).
-        Computed in b's dtype.  Equivalently c = z_S + A_S^T (b - A_S z_S).
+        Computed in ``dtype`` (default b's dtype; e.g. float64 for the BN fold of Eq. 12).  Equivalently
+        c = z_S + A_S^T (b - A_S z_S).
         """
         T, S, m_max, n_max = self.A.shape
         s = support.shape[-1]
-        dt = self.b.dtype
+        dt = self.b.dtype if dtype is None else dtype
         z = (self.z if z is None else z).detach()
-        b = self.effective_b()
+        b = self.effective_b().to(dt)
         A_S = self.A.to(dt).gather(-1, support.unsqueeze(-2).expand(T, S, m_max, s))          # [T, S, m, s]
         E_S = self.E.to(dt).gather(-1, support.unsqueeze(-2).expand(T, S, n_max, s))
         E_SS = E_S.gather(-2, support.unsqueeze(-1).expand(T, S, s, s))                       # [T, S, s, s]

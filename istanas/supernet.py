@@ -42,15 +42,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from spaces.networks import AuxiliaryHead
 from spaces.ops import (DARTS_PRIMITIVES, PARAM_FREE_OPS, FactorizedReduce, Identity, ReLUConvBN, build_op)
 
-__all__ = ["ISTA_PRIMITIVES", "CELL_TYPES", "SupportPlan", "CandidateOp", "SuperNetBase", "SparseSuperNet",
-           "DenseSuperNet", "edge_offsets", "support_to_edge_weights"]
+__all__ = ["ISTA_PRIMITIVES", "CELL_TYPES", "STEMS", "AuxiliaryHead", "SupportPlan", "CandidateOp", "SuperNetBase",
+           "SparseSuperNet", "DenseSuperNet", "edge_offsets", "support_to_edge_weights"]
 
 #: The reference's candidate ops: DARTS's primitives without ``none`` (K = 7), in DARTS's order.
 ISTA_PRIMITIVES: tuple[str, ...] = tuple(p for p in DARTS_PRIMITIVES if p != "none")
 #: Cell type names, index order of every ``[T, ...]`` tensor.
 CELL_TYPES: tuple[str, ...] = ("normal", "reduce")
+#: Stems of the super-nets: NetworkCIFAR's (full resolution) and NetworkImageNet's (stride 8).
+STEMS: tuple[str, ...] = ("cifar", "imagenet")
 
 SupportLike = Union[torch.Tensor, Sequence]
 
@@ -189,32 +192,6 @@ def _drop_path(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
     return x * mask / keep
 
 
-class AuxiliaryHead(nn.Module):
-    """DARTS's CIFAR auxiliary head on the output of cell ``2 * layers // 3``: ``[N, C, h, w] -> [N, classes]``.
-
-    DARTS pools 8x8 maps with a 5x5 / stride-3 window to 2x2; smaller maps (digits) are pooled adaptively to 2x2.
-    """
-
-    def __init__(self, C: int, num_classes: int):
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.ReLU(inplace=False),
-            nn.Conv2d(C, 128, 1, bias=False), nn.BatchNorm2d(128), nn.ReLU(inplace=True),
-            nn.Conv2d(128, 768, 2, bias=False), nn.BatchNorm2d(768), nn.ReLU(inplace=True),
-        )
-        self.classifier = nn.Linear(768, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1] >= 8 and x.shape[-2] >= 8:
-            x = F.avg_pool2d(x, 5, stride=3, padding=0, count_include_pad=False)
-            if x.shape[-1] != 2 or x.shape[-2] != 2:
-                x = F.adaptive_avg_pool2d(x, 2)
-        else:
-            x = F.adaptive_avg_pool2d(x, 2)
-        x = self.features(x)
-        return self.classifier(x.flatten(1))
-
-
 # ----------------------------------------------------------------------------------------------------- networks
 class SuperNetBase(nn.Module):
     """Stem, ``layers`` :class:`SearchCell` s and a classifier; reductions at ``layers // 3`` and ``2 * layers // 3``.
@@ -224,13 +201,20 @@ class SuperNetBase(nn.Module):
         steps: intermediate nodes per cell (4).  multiplier: nodes concatenated as the cell output (4).
         stem_multiplier: stem width ``stem_multiplier * C`` (3).  primitives: candidate op names.
         in_channels: image channels.  onestage: the one-stage op variant (see module doc).
-        auxiliary: an :class:`AuxiliaryHead` on cell ``2 * layers // 3`` (training mode returns ``(logits, aux)``).
+        auxiliary: an auxiliary head on cell ``2 * layers // 3`` (training mode returns ``(logits, aux)``): the
+            :class:`spaces.networks.AuxiliaryHead` of the evaluation networks (CIFAR form, or the ImageNet form with
+            ``stem="imagenet"``), so that a one-stage super-net's head maps 1:1 onto the exported network's.
+        stem: ``"cifar"`` (conv3x3 to ``stem_multiplier * C`` + BN, full resolution: NetworkCIFAR's stem) or
+            ``"imagenet"`` (NetworkImageNet's stride-8 ``stem0`` / ``stem1`` with the same module layout; the first
+            cell then sees a reduced s0, and ``stem_multiplier`` is unused), for the one-stage ImageNet target net.
     """
 
     def __init__(self, C: int = 16, num_classes: int = 10, layers: int = 8, steps: int = 4, multiplier: int = 4,
                  stem_multiplier: int = 3, primitives: Sequence[str] = ISTA_PRIMITIVES, in_channels: int = 3,
-                 onestage: bool = False, auxiliary: bool = False):
+                 onestage: bool = False, auxiliary: bool = False, stem: str = "cifar"):
         super().__init__()
+        if stem not in STEMS:
+            raise ValueError(f"stem: must be one of {list(STEMS)}, got {stem!r}")
         for name, v, lo in (("C", C, 1), ("num_classes", num_classes, 1), ("layers", layers, 1),
                             ("steps", steps, 1), ("multiplier", multiplier, 1), ("stem_multiplier", stem_multiplier, 1),
                             ("in_channels", in_channels, 1)):
@@ -254,12 +238,26 @@ class SuperNetBase(nn.Module):
         self.offsets = edge_offsets(steps)
         self.onestage, self.auxiliary = onestage, auxiliary
         self.drop_path_prob = 0.0
-        C_curr = stem_multiplier * C
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr))
-        C_pp, C_p, C_curr = C_curr, C_curr, C
+        self.in_channels, self.stem_multiplier, self.stem_type = in_channels, stem_multiplier, stem
+        if stem == "imagenet":
+            if C < 2 or C % 2:
+                raise ValueError(f"C: the ImageNet stem needs an even C >= 2, got {C}")
+            # NetworkImageNet's layout: stem0 (s2, s2) -> s0 at input / 4, stem1 (s2) -> s1 at input / 8
+            self.stem0 = nn.Sequential(
+                nn.Conv2d(in_channels, C // 2, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(C // 2),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(C // 2, C, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(C))
+            self.stem1 = nn.Sequential(nn.ReLU(inplace=True), nn.Conv2d(C, C, 3, stride=2, padding=1, bias=False),
+                                       nn.BatchNorm2d(C))
+            C_pp, C_p, C_curr, reduction_prev = C, C, C, True
+        else:
+            C_curr = stem_multiplier * C
+            self.stem = nn.Sequential(nn.Conv2d(in_channels, C_curr, 3, padding=1, bias=False),
+                                      nn.BatchNorm2d(C_curr))
+            C_pp, C_p, C_curr, reduction_prev = C_curr, C_curr, C, False
         self.reduction_layers = (layers // 3, 2 * layers // 3)
         self.aux_layer = 2 * layers // 3
-        cells, reduction_prev, C_aux = [], False, None
+        cells, C_aux = [], None
         for i in range(layers):
             reduction = i in self.reduction_layers
             if reduction:
@@ -272,10 +270,23 @@ class SuperNetBase(nn.Module):
                 C_aux = C_p
         self.cells = nn.ModuleList(cells)
         self.cell_types = [1 if c.reduction else 0 for c in self.cells]
-        self.aux_head = AuxiliaryHead(C_aux, num_classes) if auxiliary else None
+        if auxiliary:
+            imagenet = stem == "imagenet"
+            self.aux_head = AuxiliaryHead(C_aux, num_classes, pool=(5, 2) if imagenet else (5, 3),
+                                          second_bn=not imagenet)
+        else:
+            self.aux_head = None
         self.classifier = nn.Linear(C_p, num_classes)
 
     # ---------------------------------------------------------------------------------------------- common
+    def _stems(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(s0, s1)``, the two inputs of the first cell."""
+        if self.stem_type == "imagenet":
+            s0 = self.stem0(x)
+            return s0, self.stem1(s0)
+        s = self.stem(x)
+        return s, s
+
     def _head(self, s1: torch.Tensor) -> torch.Tensor:
         return self.classifier(s1.mean(dim=(2, 3)))   # global average pool (deterministic backward on CUDA)
 
@@ -294,7 +305,7 @@ class SuperNetBase(nn.Module):
         if tuple(weights.shape) != (T, E, K):
             raise ValueError(f"weights: expected shape {(T, E, K)}, got {tuple(weights.shape)}")
         w = weights.unbind(0)
-        s0 = s1 = self.stem(x)
+        s0, s1 = self._stems(x)
         aux = None
         for li, cell in enumerate(self.cells):
             s0, s1 = s1, cell.forward_dense(s0, s1, w[self.cell_types[li]], self.drop_path_prob)
@@ -415,7 +426,7 @@ class SparseSuperNet(SuperNetBase):
             raise ValueError(f"coef: expected shape {plan.shape} (as the support), got {tuple(coef.shape)}")
         T, S, s = plan.shape
         coefs = coef.to(x.dtype).reshape(-1).unbind(0)        # 0-dim views, no copy, no host read
-        s0 = s1 = self.stem(x)
+        s0, s1 = self._stems(x)
         aux = None
         for li, cell in enumerate(self.cells):
             t = self.cell_types[li]

@@ -496,7 +496,9 @@ def deterministic_algorithms(enabled: bool) -> Iterator[None]:
 
 
 def _run_search(method: str, cfg: Any, make_task: Callable[[], Any], report, checkpoint, resume, progress,
-                task_out) -> dict:
+                task_out, epochs: Optional[int] = None) -> dict:
+    """Seed, build the task, run the engine for ``epochs`` (default ``cfg.epochs``) and assemble the result record
+    shared by the search methods (two-stage, DARTS, one-stage)."""
     t0 = time.perf_counter()
     det = bool(getattr(cfg, "deterministic", True)) and resolve_device(cfg.device).type == "cuda"
     with deterministic_algorithms(det):
@@ -504,11 +506,12 @@ def _run_search(method: str, cfg: Any, make_task: Callable[[], Any], report, che
         task = make_task()
         if task_out is not None:
             task_out.append(task)
-        history = run(task, epochs=cfg.epochs, report=report, checkpoint=checkpoint, resume=resume,
-                      progress=progress, desc=method)
+        history = run(task, epochs=cfg.epochs if epochs is None else epochs, report=report, checkpoint=checkpoint,
+                      resume=resume, progress=progress, desc=method)
     g = task.genotype()
     last = history[-1] if history else {}
-    final = {k: float(last[k]) for k in ("val_acc", "val_loss", "train_acc", "train_loss") if k in last}
+    final = {k: float(last[k]) for k in ("val_acc", "val_loss", "train_acc", "train_loss", "test_acc", "test_loss")
+             if k in last}
     final["epochs"] = len(history)
     if hasattr(task, "converged_epoch"):
         final["converged_epoch"] = int(task.converged_epoch)

@@ -114,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "CIFAR-10 search); onestage: small, cifar10 or imagenet")
     p.add_argument("--dataset", choices=DATASETS, help="dataset (default: the preset's)")
     p.add_argument("--data-root", metavar="PATH", help="dataset folder or .zip (CIFAR batches, ImageFolder, zip)")
-    p.add_argument("--epochs", type=int, metavar="N", help="search epochs (default: the preset's)")
+    p.add_argument("--epochs", type=int, metavar="N",
+                   help="search epochs (default: the preset's); onestage: the whole run, search + training")
     p.add_argument("--batch-size", type=int, metavar="N", help="batch size (default: the preset's)")
     p.add_argument("--recover-every", choices=["step", "epoch"],
                    help="twostage: recover z every step (the paper, default) or once per epoch (the reference)")
