@@ -436,13 +436,16 @@ def _maybe_fail(cfg: DistSearchConfig, rank: int, epoch: int) -> None:
 
 
 def _record_supports(cfg: DistSearchConfig, task: Any, rank: int, start: int, genotype: Any = None) -> None:
-    """Debug: write this rank's per-step host supports (and genotype) to ``record_dir``."""
+    """Debug: write this rank's per-step host supports, its b (and genotype) to ``record_dir``."""
     if not cfg.record_dir or task is None:
         return
     steps = getattr(task, "support_log", None)
     rec: dict[str, Any] = {"rank": rank, "start_epoch": start,
                            "supports": torch.stack([s.to(torch.int64).cpu() for s in steps]) if steps
                            else torch.zeros(0, dtype=torch.int64)}
+    space = getattr(task, "space", None)
+    if space is not None:
+        rec["b"] = space.b.detach().cpu().clone()
     if genotype is not None:
         rec["genotype"] = genotype.to_json() if hasattr(genotype, "to_json") else json.dumps(genotype)
     ckpt.save(rec, os.path.join(cfg.record_dir, f"{RECORD_PREFIX}_start{start:04d}_rank{rank}.pt"))
