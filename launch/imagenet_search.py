@@ -12,7 +12,8 @@ Everything lands in STORAGE/NAME (default runs/train/istanas-imagenet; any URI R
 which a multi-node cluster needs): a checkpoint every epoch (weights, b, A, optimisers, epoch, search flag,
 support, RNG), and at the end export/ with the stand-alone network (the coefficients folded into BatchNorm, paper
 Eq. 12): genotype.json, model.safetensors, model.pt, model.onnx, export.json.  Per-epoch metrics (loss, accuracy,
-images/s, peak memory, nodes stopped) go to the Ray dashboard's Train view and to the log.  A worker that dies is
+images/s, peak memory, nodes stopped) are kept with each checkpoint (reports.json), exported as Prometheus gauges
+istanas_train_* (the Ray dashboard's Metrics view) and printed.  A worker that dies is
 replaced and the run resumes from the last checkpoint (--max-failures); a driver that dies: run the same command
 again with --resume (same --name and --storage-path).
 """

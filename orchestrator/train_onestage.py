@@ -28,8 +28,9 @@ Worker (:func:`train_loop_per_worker`), one per rank
     * after every epoch one ``ray.train.report(metrics, checkpoint=...)`` on every rank (it is a barrier); rank 0
       attaches the engine state (weights, b, A, optimisers, scaler, epoch, search flag, support, RNG) saved with
       :func:`istanas.checkpoint.save`.  The metrics carry ``images_per_s`` (global) and ``peak_mem_mb`` (GPU:
-      ``max_memory_allocated``; CPU: the process's max RSS), shown in the dashboard's Train view and printed by
-      rank 0;
+      ``max_memory_allocated``; CPU: the process's max RSS), kept with the run (Ray Train's metrics of each
+      checkpoint, ``reports.json``), exported as Prometheus gauges per rank (:class:`TrainGauges`, the dashboard's
+      Metrics view) and printed by rank 0;
     * at the end rank 0 exports the stand-alone network (the coefficients folded into BatchNorm, Eq. 12), its
       genotype and ONNX into ``<storage>/<name>/export`` and reports a final checkpoint with the result.
 
@@ -378,6 +379,39 @@ def use_channels_last(module: torch.nn.Module) -> torch.nn.Module:
 
 
 # ------------------------------------------------------------------------------------------------- worker loop
+class TrainGauges:
+    """Per-rank Prometheus gauges (``ray.util.metrics``; the dashboard's Metrics view), tagged ``run`` and
+    ``rank``: ``istanas_train_images_per_s`` (global), ``istanas_train_peak_mem_mb`` (GPU: max allocated; CPU: max
+    RSS), ``istanas_train_epoch``, ``istanas_train_loss``, ``istanas_train_nodes_stopped``.  No-ops where Ray's
+    metrics are unavailable."""
+
+    NAMES = {"images_per_s": "Global training images per second of the last epoch",
+             "peak_mem_mb": "Peak memory of the last epoch (MiB; GPU: max allocated, CPU: max RSS)",
+             "epoch": "Epochs finished", "train_loss": "Training loss of the last epoch",
+             "nodes_stopped": "Nodes whose architecture search has stopped"}
+
+    def __init__(self, run: str, rank: int):
+        self.tags = {"run": str(run), "rank": str(rank)}
+        self.g: dict[str, Any] = {}
+        try:
+            from ray.util import metrics
+
+            for key, desc in self.NAMES.items():
+                name = "istanas_train_" + ("loss" if key == "train_loss" else key)
+                self.g[key] = metrics.Gauge(name, description=desc, tag_keys=("run", "rank"))
+        except Exception:  # pragma: no cover - metrics are informative only
+            self.g = {}
+
+    def update(self, m: dict) -> None:
+        for key, gauge in self.g.items():
+            v = m.get("gpu_mem_peak_mb", m.get(key)) if key == "peak_mem_mb" else m.get(key)
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v)):
+                try:
+                    gauge.set(float(v), tags=self.tags)
+                except Exception:  # pragma: no cover
+                    pass
+
+
 def _scalar_metrics(metrics: dict) -> dict[str, Any]:
     """What goes to ``ray.train.report``: numbers and short strings (genotype JSON included)."""
     out = {}
@@ -498,6 +532,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     tasks: list = []
     pending: dict[str, Any] = {"state": resume}
+    gauges = TrainGauges(cfg.name, rank)
 
     def on_checkpoint(state: dict) -> None:
         pending["state"] = state
@@ -516,6 +551,7 @@ def train_loop_per_worker(config: dict) -> None:
             m["gpu_mem_peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
             m["gpu_mem_reserved_mb"] = torch.cuda.max_memory_reserved(device) / 2**20
             torch.cuda.reset_peak_memory_stats(device)
+        gauges.update(m)
         _record_supports(cfg, tasks[0] if tasks else None, rank, start)
         _maybe_fail(cfg, rank, epoch)
         reports.append({k: v for k, v in m.items() if k != "genotype"})
@@ -528,8 +564,8 @@ def train_loop_per_worker(config: dict) -> None:
         else:
             ray.train.report(m)
         if rank == 0 and cfg.verbose:
-            keys = ("train_loss", "train_acc", "val_acc", "images_per_s", "peak_mem_mb", "gpu_mem_peak_mb",
-                    "search_phase", "searching", "frozen_nodes")
+            keys = ("train_loss", "train_acc", "test_acc", "images_per_s", "peak_mem_mb", "gpu_mem_peak_mb",
+                    "searching", "nodes_stopped")
             parts = [f"{k} {m[k]:.4g}" if isinstance(m[k], float) else f"{k} {m[k]}" for k in keys if k in m]
             print(f"[istanas {cfg.name}] epoch {epoch}: " + " | ".join(parts), flush=True)
 
@@ -560,7 +596,7 @@ def train_loop_per_worker(config: dict) -> None:
         rec = {k: v for k, v in result.items() if k not in ("genotype", "history")}
         rec["history"] = [_scalar_metrics(h) for h in result.get("history", [])]
         rec["reports"] = reports            # per epoch as reported: + images_per_s, GPU memory, resumed_from_epoch
-        rec["export_dir"] = cfg.export_path
+        rec["export"] = {kind: f"{cfg.export_path}/{os.path.basename(p)}" for kind, p in result["export"].items()}
         ckpt.atomic_write_json(os.path.join(keep, RESULT_FILE), rec)
         ckpt.atomic_write_json(os.path.join(keep, REPORTS_FILE), reports)
         shutil.copy2(os.path.join(export_dir, "genotype.json"), os.path.join(keep, "genotype.json"))
@@ -667,6 +703,6 @@ def run_distributed_search(cfg: DistSearchConfig, *, resume: bool = False, valid
                        checkpoint_path=ck.path if ck is not None else None, wall_time_s=time.perf_counter() - t0)
 
 
-__all__ = ["DistSearchConfig", "TorchDistHooks", "use_channels_last", "DistOutcome", "build_search_config", "build_trainer", "worker_config",
+__all__ = ["DistSearchConfig", "TorchDistHooks", "TrainGauges", "use_channels_last", "DistOutcome", "build_search_config", "build_trainer", "worker_config",
            "check_run", "run_exists", "init_ray", "run_distributed_search", "train_loop_per_worker",
            "STATE_FILE", "RESULT_FILE", "EXPORT_DIR"]
