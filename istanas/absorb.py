@@ -288,10 +288,14 @@ def export(task_or_parts: Union[Any, tuple], out_dir: str, *, onnx: bool = True,
     }
     if task is not None:
         train = getattr(task.loaders, "train", None)
-        for attr in ("mean", "std"):
+        from .data import MEAN_STD
+
+        for j, attr in enumerate(("mean", "std")):
             v = getattr(train, attr, None)
-            if isinstance(v, torch.Tensor):
+            if isinstance(v, torch.Tensor):                # in-memory loaders normalise with these
                 info["input"][attr] = [float(a) for a in v.flatten().tolist()]
+            elif task.cfg.data.dataset in MEAN_STD:        # streamed CIFAR / ImageNet: the standard statistics
+                info["input"][attr] = [float(a) for a in MEAN_STD[task.cfg.data.dataset][j]]
         info["config"] = to_dict(task.cfg)
         info.update(task.stop_report())
     if onnx:

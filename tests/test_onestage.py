@@ -336,6 +336,7 @@ def test_dist_hooks_are_called_where_they_decide():
     task = OneStageTask(cfg, dist=DistHooks(wrap=wrap, broadcast_support=broadcast, all_agree=agree_none))
     hist = run(task, epochs=2, progress=False)
     assert calls["broadcast"] == task.recoveries and calls["agree"] == 2 and calls["wrap"] == 1
+    assert task.recoveries == 1 + 2 * task.steps_per_epoch()        # recover_every="step": once per step
     assert task.searching and int(task.stop_epochs.sum()) == 0 and hist[-1]["nodes_stopped"] == 0
     assert len(task.support_log) == 2 * task.steps_per_epoch()
     assert all(torch.equal(s, rank0) for s in task.support_log)
@@ -402,6 +403,10 @@ def test_end_to_end_on_digits_learns_above_chance_and_exports(tmp_path):
     r = search(cfg, progress=False, task_out=tasks, export_dir=str(tmp_path))
     assert r["search_finished"] and r["final"]["test_acc"] > 0.3       # 10 classes: chance is 0.1
     task = tasks[0]
+    info = json.load(open(tmp_path / "export.json"))
+    n_ch = task.loaders.in_channels
+    assert len(info["input"]["mean"]) == len(info["input"]["std"]) == info["network"]["in_channels"] == n_ch
+    assert info["stop_epochs"] == r["stop_epochs"] and info["switch_epoch"] == r["switch_epoch"]
     model = load_exported(str(tmp_path))
     correct = n = 0
     with torch.no_grad():
@@ -448,6 +453,21 @@ def test_cli_onestage_checkpoints_resumes_and_exports(tmp_path, monkeypatch):
     rows = [json.loads(line) for line in open(os.path.join(b, "metrics.jsonl"))]
     assert [row["epoch"] for row in rows] == [1, 2, 3]
     assert launch_search.main(base + ["--out", str(tmp_path / "c"), "--space", "darts"]) == 2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_search_switch_and_export(tmp_path):
+    cfg = _tiny(epochs=2, search_epochs=1, device="cuda", bf16=True)
+    tasks = []
+    r = search(cfg, progress=False, task_out=tasks, export_dir=str(tmp_path))
+    assert r["switch_epoch"] == 1 and r["device"].startswith("cuda")
+    task = tasks[0]
+    assert task.net.support.device.type == "cuda" and task.support_host.device.type == "cpu"
+    model = load_exported(str(tmp_path), map_location="cuda")
+    task.net.eval()
+    x = torch.randn(4, task.loaders.in_channels, 8, 8, device="cuda")
+    with torch.no_grad():
+        torch.testing.assert_close(model(x)[0], task.net(x), rtol=1e-4, atol=1e-4)
 
 
 # ----------------------------------------------------------------------------------------------- validation
