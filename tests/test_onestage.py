@@ -380,16 +380,22 @@ def _checkpoints(store: list):
 
 
 def test_resume_across_the_switch_equals_an_uninterrupted_run():
-    cfg = _tiny(epochs=4, search_epochs=2, train_epochs=None)
+    # epsilon between the nodes' first-epoch changes (that epoch is the same with any epsilon): some nodes stop
+    # after epoch 1 and the others are forced after epoch 3, so a resume meets a half-stopped search
+    probe = search(_tiny(epochs=1, search_epochs=None, epsilon=0.0), progress=False)["history"][0]
+    dz = sorted(probe[f"dz_{c}_{i}"] for c in ("normal", "reduce") for i in range(4))
+    eps = 0.5 * (dz[3] + dz[4])
+    cfg = _tiny(epochs=5, search_epochs=3, train_epochs=None, epsilon=eps)
     states, tasks = [], []
     full = search(cfg, progress=False, checkpoint=_checkpoints(states), task_out=tasks)
-    assert full["switch_epoch"] == 2 and len(states) == 4
+    stops = sorted(full["stop_epochs"]["normal"] + full["stop_epochs"]["reduce"])
+    assert stops[:4] == [1] * 4 and stops[-1] == 3 and full["switch_epoch"] == 3 and len(states) == 5
     ref = tasks[0].net.state_dict()
-    for k in (1, 2, 3):                               # searching / right after the switch / training
-        assert states[k - 1]["task"]["searching"] == (k < 2)
+    for k in (1, 2, 3, 4):                            # half stopped / half stopped / right after the switch / training
+        assert states[k - 1]["task"]["searching"] == (k < 3)
         out = []
         r = search(cfg, progress=False, resume=states[k - 1], task_out=out)
-        assert r["switch_epoch"] == 2 and r["stop_epochs"] == full["stop_epochs"] and r["support"] == full["support"]
+        assert r["switch_epoch"] == 3 and r["stop_epochs"] == full["stop_epochs"] and r["support"] == full["support"]
         got = out[0].net.state_dict()
         for name, v in ref.items():
             assert torch.equal(got[name], v), (k, name)
