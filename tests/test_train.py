@@ -52,7 +52,7 @@ def _job(root: str, tmp: str, **kw):
 
     search = {
         "data": {"root": root, "image_size": 32, "batch_size": 4, "eval_batch_size": 8, "num_workers": 0},
-        "C": 4, "layers": 3, "epochs": 4, "search_epochs": 2, "train_epochs": 2, "epsilon": 0.0,
+        "C": 4, "layers": 3, "epochs": 4, "search_epochs": 2, "train_epochs": 2, "epsilon": 1.5e-3,
         "auxiliary": False, "eval_every": 1, "lr": 0.05,
     }
     base = dict(name="e2e", storage_path=os.path.join(tmp, "storage"), search_preset="imagenet", search=search,
@@ -126,6 +126,9 @@ def test_two_workers_end_to_end_with_a_killed_worker(imagefolder, ray_local, tmp
         reports = json.load(f)["reports"]
     assert [r["epoch"] for r in reports] == [1, 2, 3, 4]          # epochs 1..k carried over from the checkpoint
     assert all(r["images_per_s"] > 0 and r["peak_mem_mb"] > 0 for r in reports)
+    # the epsilon rule stopped some nodes after epoch 1 (rank 0's decision; DDP re-wrapped for the released BNs),
+    # search_epochs=2 stopped the rest: the switch
+    assert 1 <= reports[0]["nodes_stopped"] < 8 and reports[1]["nodes_stopped"] == 8
 
     # rerunning the same run name and storage resumes it (here: from its final checkpoint, nothing left to train)
     again = run_distributed_search(_job(imagefolder, str(tmp_path), record_dir=None), resume=True)
@@ -352,3 +355,15 @@ def test_worker_config_makes_local_paths_absolute(imagefolder, tmp_path, monkeyp
     assert wc["job"]["record_dir"] == os.path.abspath("rec") and wc["job"]["fail_marker"] == os.path.abspath("marker")
     s3 = worker_config(_job(imagefolder, str(tmp_path), storage_path="s3://bucket/runs/"))
     assert s3["job"]["storage_path"] == "s3://bucket/runs"
+
+
+def test_cli_config_file(imagefolder, tmp_path, capsys, repo_root):
+    """configs/imagenet_search.yaml loads (job keys + search mapping); flags override it."""
+    rc = _cli(["--config", os.path.join(repo_root, "configs", "imagenet_search.yaml"), "--data", imagefolder,
+               "--num-workers", "2", "--global-batch-size", "64", "--storage-path", str(tmp_path / "s"),
+               "--print-config"] + (["--set", "use_gpu=false"] if not torch.cuda.is_available() else []))
+    assert rc == 0, capsys.readouterr().err
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert cfg["job"]["num_workers"] == 2 and cfg["job"]["max_failures"] == 3
+    assert cfg["search"]["data"]["batch_size"] == 32 and cfg["search"]["lr"] == 0.5
+    assert cfg["search"]["data"]["num_workers"] == 6 and cfg["search"]["data"]["root"] == imagefolder
