@@ -23,7 +23,7 @@ Worker (:func:`train_loop_per_worker`), one per rank
       how often its own recovery disagreed (``support_mismatches``, expected 0: the recovery is deterministic
       given identical b); the epsilon stop is rank 0's decision, broadcast;
     * the training data sharded by rank (:func:`istanas.data.get_loaders` with ``rank``/``world_size``; a
-      ``DistributedSampler`` on ImageNet);
+      ``DistributedSampler`` on ImageNet); the test set too (``shard_eval``), its loss / accuracy all-reduced;
     * resume from ``ray.train.get_checkpoint()`` (``state.pt``, loaded with ``weights_only=True``);
     * after every epoch one ``ray.train.report(metrics, checkpoint=...)`` on every rank (it is a barrier); rank 0
       attaches the engine state (weights, b, A, optimisers, scaler, epoch, search flag, support, RNG) saved with
@@ -82,6 +82,9 @@ class DistSearchConfig:
     ``max_failures``: worker failures survived, each resumed from the latest checkpoint (-1 = unlimited).
     ``address``: a running cluster (``auto``) or null for an embedded local Ray with ``num_cpus`` / ``num_gpus``
     (null = all), its dashboard on ``dashboard_host``.  ``timeout_s``: the process-group timeout.
+    ``shard_eval``: every rank evaluates 1/num_workers of the test set and the loss / accuracy are all-reduced
+    (weighted by images; a remainder of fewer than num_workers images is left out), instead of every rank
+    evaluating all of it.
     """
 
     name: str = "istanas-imagenet"
@@ -97,6 +100,7 @@ class DistSearchConfig:
     max_failures: int = 3
     keep_checkpoints: int = 2
     timeout_s: int = 1800
+    shard_eval: bool = True
     address: Optional[str] = None
     num_cpus: Optional[int] = None
     num_gpus: Optional[int] = None
@@ -348,6 +352,18 @@ class TorchDistHooks:
         dist.broadcast(t, src=0, group=self.group)
         return t.bool()
 
+    def all_reduce_mean(self, values: dict[str, float], n: int) -> dict[str, float]:
+        """Means over all ranks of per-rank means ``values`` over ``n`` samples each (one gloo all-reduce)."""
+        if self.world_size == 1:
+            return dict(values)
+        import torch.distributed as dist
+
+        keys = sorted(values)
+        t = torch.tensor([float(values[k]) * n if n > 0 else 0.0 for k in keys] + [float(n)], dtype=torch.float64)
+        dist.all_reduce(t, group=self.group)
+        total = float(t[-1])
+        return {k: float(t[i]) / total if total > 0 else float("nan") for i, k in enumerate(keys)}
+
     def barrier(self) -> None:
         if self.world_size > 1:
             import torch.distributed as dist
@@ -421,6 +437,26 @@ def _scalar_metrics(metrics: dict) -> dict[str, Any]:
         elif isinstance(v, (int, float, str)):
             out[k] = v
     return out
+
+
+def shard_eval_loader(loader: Any, rank: int, world_size: int) -> Any:
+    """Rank ``rank``'s share of an unshuffled evaluation loader (``StreamLoader`` via ``DistributedSampler``,
+    ``TensorLoader`` by index stride; each rank ``floor(N / world_size)`` images); other loaders are returned as
+    they are (every rank then evaluates all of it)."""
+    from istanas.data import StreamLoader, TensorLoader
+
+    if world_size == 1:
+        return loader
+    if isinstance(loader, StreamLoader) and loader.world_size == 1:
+        dl = loader.loader
+        return StreamLoader(loader.dataset, batch_size=dl.batch_size, shuffle=False, num_workers=dl.num_workers,
+                            drop_last=False, rank=rank, world_size=world_size)
+    if isinstance(loader, TensorLoader) and loader.world_size == 1 and not loader.shuffle \
+            and loader.augment is None:
+        return TensorLoader(loader.x, loader.y, batch_size=loader.batch_size, mean=loader.mean.flatten().tolist(),
+                            std=loader.std.flatten().tolist(), shuffle=False, augment=None, drop_last=False,
+                            rank=rank, world_size=world_size, seed=loader.seed)
+    return loader
 
 
 def _local_images(loader) -> int:
@@ -515,6 +551,10 @@ def train_loop_per_worker(config: dict) -> None:
     data = get_loaders(scfg.data, "train", seed=scfg.seed, rank=rank, world_size=world,
                        device=device if in_mem else None)
     n_local = _local_images(data.train)
+    if cfg.shard_eval:
+        data.valid = shard_eval_loader(data.valid, rank, world)
+    n_eval = int(getattr(data.valid, "num_samples", 0) or 0)
+    sharded_eval = cfg.shard_eval and world > 1 and getattr(data.valid, "world_size", 1) == world
 
     resume, start, reports = None, 0, []
     found = ray.train.get_checkpoint()
@@ -547,6 +587,11 @@ def train_loop_per_worker(config: dict) -> None:
         m["world_size"] = world
         m["resumed_from_epoch"] = start
         m["support_mismatches"] = hooks.support_mismatches
+        if sharded_eval and "test_acc" in m:           # every rank evaluated its share: the whole test set's
+            m.update(hooks.all_reduce_mean({"test_loss": m["test_loss"], "test_acc": m["test_acc"]}, n_eval))
+            pending["test"] = {"test_loss": m["test_loss"], "test_acc": m["test_acc"]}
+        elif "test_acc" in m:
+            pending["test"] = {"test_loss": m["test_loss"], "test_acc": m["test_acc"]}
         if device.type == "cuda":
             m["gpu_mem_peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
             m["gpu_mem_reserved_mb"] = torch.cuda.max_memory_reserved(device) / 2**20
@@ -576,8 +621,13 @@ def train_loop_per_worker(config: dict) -> None:
         task = tasks[0] if tasks else None
         _record_supports(cfg, task, rank, start, result.get("genotype"))
         final = _scalar_metrics(result.get("final", {}))
-        last = result.get("history", [{}])[-1] if result.get("history") else {}
-        final.update({k: last[k] for k in ("test_acc", "test_loss") if isinstance(last.get(k), float)})
+        if pending.get("test"):                        # the last evaluation, over the whole test set
+            final.update(pending["test"])
+        elif reports and "test_acc" in reports[-1]:     # resumed after the last epoch: as reported then
+            final.update({k: reports[-1][k] for k in ("test_acc", "test_loss") if k in reports[-1]})
+        elif result.get("history"):
+            last = result["history"][-1]
+            final.update({k: last[k] for k in ("test_acc", "test_loss") if isinstance(last.get(k), float)})
         final.update({"search_done": 1, "genotype_digest": result.get("genotype_digest", ""),
                       "genotype": result.get("genotype_json", ""), "export_dir": cfg.export_path,
                       "resumed_from_epoch": start, "support_mismatches": hooks.support_mismatches,
@@ -703,6 +753,6 @@ def run_distributed_search(cfg: DistSearchConfig, *, resume: bool = False, valid
                        checkpoint_path=ck.path if ck is not None else None, wall_time_s=time.perf_counter() - t0)
 
 
-__all__ = ["DistSearchConfig", "TorchDistHooks", "TrainGauges", "use_channels_last", "DistOutcome", "build_search_config", "build_trainer", "worker_config",
+__all__ = ["DistSearchConfig", "TorchDistHooks", "TrainGauges", "use_channels_last", "shard_eval_loader", "DistOutcome", "build_search_config", "build_trainer", "worker_config",
            "check_run", "run_exists", "init_ray", "run_distributed_search", "train_loop_per_worker",
            "STATE_FILE", "RESULT_FILE", "EXPORT_DIR"]

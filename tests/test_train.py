@@ -290,15 +290,17 @@ def _hooks_worker(rank: int, world: int, port: int, out: str) -> None:
         got = hooks.broadcast_support(mine)
         flags = torch.tensor([[rank == 0, False], [True, rank == 1]])
         agreed = hooks.all_agree(flags)
+        mean = hooks.all_reduce_mean({"acc": 1.0 if rank == 0 else 0.0, "loss": 2.0}, 3 if rank == 0 else 1)
         torch.save({"same": got_same, "got": got, "agreed": agreed, "mismatches": hooks.support_mismatches,
-                    "broadcasts": hooks.support_broadcasts}, os.path.join(out, f"rank{rank}.pt"))
+                    "broadcasts": hooks.support_broadcasts, "acc": mean["acc"], "loss": mean["loss"]},
+                   os.path.join(out, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
 
 def test_dist_hooks_broadcast_rank0_support_and_stop_decision(tmp_path):
     """Two gloo processes: every rank ends up with rank 0's support and rank 0's stop flags; a rank whose own
-    recovery disagreed counts it."""
+    recovery disagreed counts it; evaluation means are all-reduced weighted by images."""
     import socket
 
     import torch.multiprocessing as mp
@@ -313,6 +315,7 @@ def test_dist_hooks_broadcast_rank0_support_and_stop_decision(tmp_path):
         assert torch.equal(r["same"], base) and torch.equal(r["got"], base)
         assert torch.equal(r["agreed"], torch.tensor([[True, False], [True, False]]))
         assert r["broadcasts"] == 2
+        assert r["acc"] == pytest.approx(0.75) and r["loss"] == pytest.approx(2.0)   # weighted by images
     assert r0["mismatches"] == 0 and r1["mismatches"] == 1
 
 
@@ -367,3 +370,22 @@ def test_cli_config_file(imagefolder, tmp_path, capsys, repo_root):
     assert cfg["job"]["num_workers"] == 2 and cfg["job"]["max_failures"] == 3
     assert cfg["search"]["data"]["batch_size"] == 32 and cfg["search"]["lr"] == 0.5
     assert cfg["search"]["data"]["num_workers"] == 6 and cfg["search"]["data"]["root"] == imagefolder
+
+
+def test_shard_eval_loader_splits_the_test_set(imagefolder):
+    """Each rank evaluates a disjoint share of the test set; together all of it (streamed and in-memory)."""
+    from istanas.data import DataConfig, get_loaders
+    from orchestrator.train_onestage import shard_eval_loader
+
+    cfg = DataConfig(dataset="imagenet", root=imagefolder, image_size=16, eval_batch_size=3)
+    valid = get_loaders(cfg, "train").valid
+    ys = [torch.cat([y for _, y in shard_eval_loader(valid, r, 2)]) for r in (0, 1)]
+    full = torch.cat([y for _, y in valid])
+    assert len(ys[0]) == len(ys[1]) == len(full) // 2
+    assert sorted(torch.cat(ys).tolist()) == sorted(full.tolist())
+    digits = get_loaders(DataConfig(dataset="digits", limit_test=21, eval_batch_size=4), "train").valid
+    xs = [torch.cat([x for x, _ in shard_eval_loader(digits, r, 2)]) for r in (0, 1)]
+    whole = torch.cat([x for x, _ in digits])
+    assert len(xs[0]) == len(xs[1]) == 10
+    assert torch.equal(xs[0], whole[0:20:2]) and torch.equal(xs[1], whole[1:20:2])
+    assert shard_eval_loader(valid, 0, 1) is valid
