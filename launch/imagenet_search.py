@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="batch over all workers, split evenly (default: the preset's 128 per worker)")
     s.add_argument("--seed", type=int, metavar="N", help="seed of weights, A, b and data order")
     w = p.add_argument_group("scaling")
-    w.add_argument("--num-workers", type=int, metavar="N", help="data-parallel workers (ranks); default 1")
+    w.add_argument("--num-workers", type=int, metavar="N", help="data-parallel workers (ranks); default 2")
     w.add_argument("--use-gpu", action="store_true", help="one GPU per worker, NCCL (default: CPU workers, gloo)")
     w.add_argument("--cpus-per-worker", type=float, metavar="N",
                    help="CPUs reserved per worker (default 8 with --use-gpu, else 1)")

@@ -108,7 +108,7 @@ class DistSearchConfig:
     dashboard_host: str = "127.0.0.1"
     dashboard_port: int = 8265
     verbose: bool = True
-    # testing / debugging
+    # testing / debugging: see the module doc
     fail_at_epoch: Optional[int] = None
     fail_rank: int = 1
     fail_marker: Optional[str] = None
@@ -189,6 +189,8 @@ class DistSearchConfig:
                   f"fail_rank: must be in 0..{self.num_workers - 1}, got {self.fail_rank!r}")
             check(bool(self.fail_marker), "fail_marker: a file path is needed with fail_at_epoch (the failure "
                                           "happens once: when the marker does not exist yet)")
+            check(isinstance(self.fail_delay_s, (int, float)) and 0 <= self.fail_delay_s <= 600,
+                  f"fail_delay_s: must be in [0, 600] seconds, got {self.fail_delay_s!r}")
         if self.use_gpu and self.address is None and not os.environ.get("RAY_ADDRESS"):
             n = torch.cuda.device_count()
             need = self.num_workers * self.gpus_per_worker
@@ -276,10 +278,15 @@ def run_exists(cfg: DistSearchConfig) -> bool:
     if not cfg.is_uri:
         p = cfg.run_path
         return os.path.isdir(p) and bool(os.listdir(p))
+    import pyarrow as pa
     import pyarrow.fs as pafs
 
-    fs, p = _fs(cfg.run_path)
-    return fs.get_file_info(p).type != pafs.FileType.NotFound
+    try:
+        fs, p = _fs(cfg.run_path)
+        return fs.get_file_info(p).type != pafs.FileType.NotFound
+    except (OSError, ValueError, pa.ArrowException) as e:
+        raise ConfigError(f"storage_path: cannot reach {cfg.run_path}: {e} (check the URI and the credentials)") \
+            from None
 
 
 def check_run(cfg: DistSearchConfig, resume: bool) -> None:
