@@ -42,6 +42,19 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _URI_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 
 
+def is_storage_uri(path: str) -> bool:
+    """A remote storage URI (``s3://``, ``gs://``, ...) rather than a local folder (``file://`` counts as local)."""
+    return bool(_URI_RE.match(path)) and not path.startswith("file://")
+
+
+def resolve_storage(path: str) -> str:
+    """A storage path as Ray wants it: an absolute local path, or the URI unchanged (without a trailing '/')."""
+    if is_storage_uri(path):
+        return path.rstrip("/")
+    p = path[len("file://"):] if path.startswith("file://") else path
+    return os.path.abspath(os.path.expanduser(p))
+
+
 # ----------------------------------------------------------------------------------------------------- sections
 @dataclass
 class ParamRange:
@@ -180,15 +193,12 @@ class SweepConfig:
 
     @property
     def is_uri(self) -> bool:
-        return bool(_URI_RE.match(self.storage_path)) and not self.storage_path.startswith("file://")
+        return is_storage_uri(self.storage_path)
 
     @property
     def storage(self) -> str:
         """``storage_path`` as Ray wants it: an absolute local path, or the URI unchanged."""
-        if self.is_uri:
-            return self.storage_path.rstrip("/")
-        p = self.storage_path[len("file://"):] if self.storage_path.startswith("file://") else self.storage_path
-        return os.path.abspath(os.path.expanduser(p))
+        return resolve_storage(self.storage_path)
 
     @property
     def experiment_path(self) -> str:

@@ -40,13 +40,10 @@ support of every step and its final genotype there.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
-import re
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -57,6 +54,8 @@ import torch
 from istanas import checkpoint as ckpt
 from istanas.config import ConfigError, check, from_dict, to_dict
 
+from .sweep_config import _NAME_RE, is_storage_uri, resolve_storage
+
 STATE_FILE = "state.pt"
 REPORTS_FILE = "reports.json"
 RESULT_FILE = "result.json"
@@ -64,8 +63,6 @@ EXPORT_DIR = "export"
 RECORD_PREFIX = "supports"
 NAMESPACE = "istanas"
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_URI_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 
 
 # ------------------------------------------------------------------------------------------------------ config
@@ -118,15 +115,12 @@ class DistSearchConfig:
     # ------------------------------------------------------------------------------------------- derived
     @property
     def is_uri(self) -> bool:
-        return bool(_URI_RE.match(self.storage_path)) and not self.storage_path.startswith("file://")
+        return is_storage_uri(self.storage_path)
 
     @property
     def storage(self) -> str:
         """``storage_path`` as Ray wants it: an absolute local path, or the URI unchanged."""
-        if self.is_uri:
-            return self.storage_path.rstrip("/")
-        p = self.storage_path[len("file://"):] if self.storage_path.startswith("file://") else self.storage_path
-        return os.path.abspath(os.path.expanduser(p))
+        return resolve_storage(self.storage_path)
 
     @property
     def run_path(self) -> str:
@@ -477,7 +471,7 @@ def _local_images(loader) -> int:
 
 def _copy_dir(src: str, dest: str) -> None:
     """Copy folder ``src`` to ``dest`` (local: into a temporary sibling, then renamed; URI: pyarrow)."""
-    if _URI_RE.match(dest) and not dest.startswith("file://"):
+    if is_storage_uri(dest):
         import pyarrow.fs as pafs
 
         fs, p = _fs(dest)
