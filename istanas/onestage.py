@@ -73,7 +73,7 @@ from .data import DataConfig, Loaders, get_loaders
 from .engine import Meter, Progress, autocast, peak_memory_mb, resolve_device, to_device
 from .supernet import CELL_TYPES, ISTA_PRIMITIVES, SparseSuperNet, SupportPlan
 from .twostage import (RECOVER_EVERY, HostRecovery, _churn, _preset_data, _run_search, cosine_lr, evaluate_loader,
-                       genotype_from_support, validate_common)
+                       genotype_from_support, validate_common, validate_recovery)
 
 STOP_SCOPES = ("node", "network")
 LR_SCHEDULES = ("constant_then_cosine", "cosine")
@@ -187,16 +187,7 @@ class OneStageConfig:
         check(self.recovery.s == 2,
               f"recovery.s: one-stage search needs s = 2 (the stand-alone DARTS network that Eq. 12 produces has "
               f"exactly two inputs per node), got {self.recovery.s!r}")
-        K = len(ISTA_PRIMITIVES)
-        try:
-            self.recovery.validate([(2 + i) * K for i in range(self.steps)], [2 + i for i in range(self.steps)])
-        except ConfigError as e:
-            raise ConfigError(f"recovery.{e}") from None
-        if self.recovery.device is not None:
-            try:
-                resolve_device(self.recovery.device)
-            except (ValueError, RuntimeError) as e:
-                raise ConfigError(f"recovery.device: {e}") from None
+        validate_recovery(self.recovery, self.steps)
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> "OneStageConfig":

@@ -109,16 +109,7 @@ class TwoStageConfig:
               f"epsilon: must be a finite number >= 0 (0 = off), got {self.epsilon!r}")
         check(isinstance(self.init_b_std, (int, float)) and math.isfinite(self.init_b_std) and self.init_b_std >= 0,
               f"init_b_std: must be a finite number >= 0, got {self.init_b_std!r}")
-        K = len(ISTA_PRIMITIVES)
-        try:
-            self.recovery.validate([(2 + i) * K for i in range(self.steps)], [2 + i for i in range(self.steps)])
-        except ConfigError as e:
-            raise ConfigError(f"recovery.{e}") from None
-        if self.recovery.device is not None:
-            try:
-                resolve_device(self.recovery.device)
-            except (ValueError, RuntimeError) as e:
-                raise ConfigError(f"recovery.device: {e}") from None
+        validate_recovery(self.recovery, self.steps)
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> "TwoStageConfig":
@@ -190,6 +181,21 @@ def validate_common(cfg: Any) -> None:
         resolve_device(cfg.device)
     except (ValueError, RuntimeError) as e:
         raise ConfigError(f"device: {e}") from None
+
+
+def validate_recovery(recovery: RecoveryConfig, steps: int) -> None:
+    """Check a search's recovery settings against its cell (n_i = (2 + i) K candidates, 2 + i input edges per node);
+    errors name the field as ``recovery.<field>``."""
+    K = len(ISTA_PRIMITIVES)
+    try:
+        recovery.validate([(2 + i) * K for i in range(steps)], [2 + i for i in range(steps)])
+    except ConfigError as e:
+        raise ConfigError(f"recovery.{e}") from None
+    if recovery.device is not None:
+        try:
+            resolve_device(recovery.device)
+        except (ValueError, RuntimeError) as e:
+            raise ConfigError(f"recovery.device: {e}") from None
 
 
 def cosine_lr(lr: float, lr_min: float, epoch: int, epochs: int) -> float:
@@ -572,5 +578,6 @@ def plot_cells(genotype, out_dir: str, stem: str = "cells") -> dict[str, str]:
 
 
 __all__ = ["TwoStageConfig", "TWOSTAGE_PRESETS", "deterministic_algorithms", "RECOVER_EVERY", "TwoStageTask", "HostRecovery", "search",
-           "write_outputs", "plot_cells", "genotype_from_support", "cosine_lr", "validate_common", "preset_dict",
+           "write_outputs", "plot_cells", "genotype_from_support", "cosine_lr", "validate_common", "validate_recovery",
+           "preset_dict",
            "evaluate_loader"]
