@@ -29,7 +29,7 @@ if _ROOT not in sys.path:  # run from a checkout without installation
     sys.path.insert(0, _ROOT)
 
 from istanas import cli  # noqa: E402
-from istanas.config import ConfigError, from_dict, parse_override, read_yaml, to_dict  # noqa: E402
+from istanas.config import ConfigError, from_dict, parse_override, read_yaml, set_path, to_dict  # noqa: E402
 
 PRESETS = ("imagenet", "cifar10", "small")
 
@@ -121,17 +121,6 @@ def _job_fields() -> set[str]:
     return {f.name for f in dataclasses.fields(DistSearchConfig)}
 
 
-def _put(data: dict, path: list[str], value: Any) -> None:
-    node = data
-    for p in path[:-1]:
-        nxt = node.get(p)
-        if not isinstance(nxt, dict):
-            nxt = {}
-            node[p] = nxt
-        node = nxt
-    node[path[-1]] = value
-
-
 def build_job(args: argparse.Namespace):
     """The validated :class:`orchestrator.train_onestage.DistSearchConfig` of the command line."""
     from orchestrator.train_onestage import DistSearchConfig
@@ -165,14 +154,14 @@ def build_job(args: argparse.Namespace):
                     ("seed",): args.seed}
     for path, v in search_flags.items():
         if v is not None:
-            _put(search, list(path), v)
+            set_path(search, list(path), v)
     job_keys = _job_fields()
     for text in args.set:
         path, value = parse_override(text)
         if path[0] in job_keys:
-            _put(data, path, value)
+            set_path(data, path, value)
         else:
-            _put(search, path, value)
+            set_path(search, path, value)
     if not (search.get("data") or {}).get("root"):
         raise ConfigError("--data: give the ImageFolder root (train/ and val/ class folders) or a .zip of it")
     cfg = from_dict(DistSearchConfig, data)

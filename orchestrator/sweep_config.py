@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Sequence
 
-from istanas.config import ConfigError, check, from_dict, parse_override, read_yaml, to_dict
+from istanas.config import ConfigError, check, from_dict, parse_override, read_yaml, set_path, to_dict
 
 METHODS = ("twostage",)
 SEARCH_SPACES = {"twostage": ("darts",)}   # cell spaces each method searches
@@ -680,20 +680,8 @@ def overrides_to_layer(overrides: Sequence[str]) -> dict[str, Any]:
         if path[:2] == ["retrain", "overrides"] and len(path) > 2:
             layer.setdefault("retrain", {}).setdefault("overrides", {})[".".join(path[2:])] = value
             continue
-        _set_nested(layer, path, value)
+        set_path(layer, path, value)
     return layer
-
-
-def _set_nested(data: dict[str, Any], path: list[str], value: Any) -> dict[str, Any]:
-    node = data
-    for p in path[:-1]:
-        child = node.get(p)
-        if not isinstance(child, dict):
-            child = {}
-            node[p] = child
-        node = child
-    node[path[-1]] = value
-    return data
 
 
 def load_sweep_config(path: Optional[str] = None, overrides: Sequence[str] = (),
@@ -710,7 +698,7 @@ def load_sweep_config(path: Optional[str] = None, overrides: Sequence[str] = (),
         ex: dict[str, Any] = {}
         for k, v in extra.items():
             if v is not None:
-                _set_nested(ex, str(k).split("."), v)
+                set_path(ex, str(k).split("."), v)
         layers.append(ex)
     if overrides:
         layers.append(overrides_to_layer(overrides))
