@@ -130,6 +130,13 @@ def main_guard(fn: Callable[[], Any]) -> int:
     return rc if isinstance(rc, int) and not isinstance(rc, bool) else 0
 
 
+def launch(build_parser: Callable[[], argparse.ArgumentParser], run: Callable[[argparse.Namespace], Any],
+           argv: Optional[list[str]] = None) -> int:
+    """A launcher's ``main``: parse ``argv`` with ``build_parser()``, run ``run(args)`` under :func:`main_guard`."""
+    args = build_parser().parse_args(argv)
+    return main_guard(lambda: run(args))
+
+
 # -------------------------------------------------------------------------------------------------------- run info
 _LIBS = ("torch", "torchvision", "numpy", "ray", "optuna", "cvxpy", "sklearn", "yaml")
 

@@ -118,8 +118,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return cli.main_guard(lambda: _run(args))
+    return cli.launch(build_parser, _run, argv)
 
 
 if __name__ == "__main__":
