@@ -5,13 +5,18 @@ Usage::
     python benchmarks/bench_tenas.py --json bench-results/tenas.json [--device cuda] [--correlation-archs 50]
 
 * ``ntk``: on the TE-NAS NTK proxies (the NB201 super-net, C=3, batch 72, 32x32; the DARTS super-net, C=1,
-  batch 14) with every op live, time ``istanas.tenas.ntk_jacobian`` (``torch.func.jacrev`` over the batched
-  function, one vmapped VJP) against ``ntk_jacobian_loop`` (one forward, B backward passes, as released) on the
-  same network and batch; check both give the same Jacobian and kappa.  ``ntk_speedup_vs_loop`` = loop time /
-  vectorised time on the NB201 proxy.
+  batch 14) with every op live, for each BN coupling (``--couplings``), time ``istanas.tenas.ntk_jacobian``
+  against ``ntk_jacobian_loop`` (one forward, B backward passes, as released) on the same network, batch and
+  coupling; check both give the same Jacobian and kappa.  ``batch`` (the paper's kernel, the default) is
+  ``jacrev`` over the batched function (one vmapped VJP over B coupled cotangents); ``frozen`` (BN statistics
+  held constant) is ``vmap(grad)`` over single samples.  ``ntk_speedup_vs_loop`` = loop / vectorised time on the
+  NB201 proxy with the default coupling; ``ntk_speedup_vs_loop_frozen`` the same with ``frozen``.
+* ``coupling_agreement``: round 0 of the NB201 search (24 candidates, one repeat) scored with both couplings:
+  Kendall tau of the two kappa changes and whether the round prunes the same ops.
 * ``search``: wall time of a whole NAS-Bench-201 TE-NAS search with the released settings (3 rounds, 3 repeats,
-  batch 72, 3000 patches), the found cell and, with the NAS-Bench-201 table, its accuracy.
-* ``correlations`` (``--correlation-archs N``): Kendall tau / Spearman rho of kappa_N and R_N against accuracy.
+  batch 72, 3000 patches) for each coupling, the found cell and, with the NAS-Bench-201 table, its accuracy.
+* ``correlations`` (``--correlation-archs N``): Kendall tau / Spearman rho of kappa_N and R_N against accuracy,
+  for each coupling.
 
 Images: real CIFAR-10 training JPEGs from ``cifar10-jpg.zip`` (``--data-dir``, default ``../shared/data``), or a
 uint8 array [N, 32, 32, 3] saved with ``numpy.save`` (``--images-npy``), else scikit-learn digits.
@@ -33,8 +38,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from istanas.tenas import gram_condition, init_weights, ntk_jacobian, ntk_jacobian_loop  # noqa: E402
-from istanas.tenas_search import (TenasConfig, build_proxies, correlation_study, digits_images,  # noqa: E402
-                                  prepare_images, sample_ntk_batch, tenas_search)
+from istanas.tenas_search import (TenasConfig, _Measurer, build_proxies, correlation_study,  # noqa: E402
+                                  digits_images, prepare_images, sample_ntk_batch, select_prunes, tenas_search)
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
@@ -77,24 +82,53 @@ def time_call(fn, device: torch.device, reps: int) -> tuple[float, object]:
     return statistics.median(times), out
 
 
-def bench_ntk(space: str, images: torch.Tensor, device: torch.device, reps: int, chunk: int | None) -> dict:
-    cfg = TenasConfig(space=space, device=str(device)).resolved()
+def bench_ntk(space: str, images: torch.Tensor, device: torch.device, reps: int, chunk: int | None,
+              coupling: str) -> dict:
+    cfg = TenasConfig(space=space, device=str(device), bn_coupling=coupling).resolved()
     ntk_net, _ = build_proxies(cfg)
     ntk_net = ntk_net.to(device)
     init_weights(ntk_net, "kaiming_fanout", seed=0)
     x = sample_ntk_batch(prepare_images(images, cfg.input_size, device), cfg.ntk_batch, seed=0)
     chunk = cfg.jac_chunk if chunk is None else chunk
-    t_vec, j_vec = time_call(lambda: ntk_jacobian(ntk_net, x, chunk_size=chunk or None), device, reps)
-    t_loop, j_loop = time_call(lambda: ntk_jacobian_loop(ntk_net, x), device, reps)
+    t_vec, j_vec = time_call(lambda: ntk_jacobian(ntk_net, x, bn_coupling=coupling, chunk_size=chunk or None),
+                             device, reps)
+    t_loop, j_loop = time_call(lambda: ntk_jacobian_loop(ntk_net, x, bn_coupling=coupling), device, reps)
     k_vec, k_loop = float(gram_condition(j_vec)), float(gram_condition(j_loop))
     return {
-        "network": f"{space} NTK proxy (C={cfg.ntk_width}, all ops live)", "batch": cfg.ntk_batch,
-        "input_size": cfg.input_size, "num_params": int(j_vec.shape[1]), "jac_chunk": chunk,
+        "network": f"{space} NTK proxy (C={cfg.ntk_width}, all ops live)", "bn_coupling": coupling,
+        "batch": cfg.ntk_batch, "input_size": cfg.input_size, "num_params": int(j_vec.shape[1]), "jac_chunk": chunk,
         "vectorised_s": t_vec, "loop_s": t_loop, "speedup": t_loop / t_vec,
         "kappa_vectorised": k_vec, "kappa_loop": k_loop, "kappa_rel_diff": abs(k_vec - k_loop) / abs(k_loop),
         "jacobian_max_abs_diff": float((j_vec - j_loop).abs().max()),
         "jacobian_max_abs": float(j_loop.abs().max()),
     }
+
+
+def coupling_agreement(images: torch.Tensor, device: torch.device, seed: int) -> dict:
+    """Round 0 of the NB201 search scored with both BN couplings (one repeat, the same inits and batches)."""
+    from scipy.stats import kendalltau
+
+    out: dict = {}
+    for coupling in ("batch", "frozen"):
+        cfg = TenasConfig(space="nb201", device=str(device), repeats=1, seed=seed, bn_coupling=coupling).resolved()
+        meas = _Measurer(cfg, images)
+        mask = np.ones((1, meas.ntk_net.num_edges, len(meas.ntk_net.ops)), dtype=bool)
+        cands = [(0, e, o) for e in range(mask.shape[1]) for o in range(mask.shape[2])]
+        children = []
+        for t, e, o in cands:
+            child = mask.copy()
+            child[t, e, o] = False
+            children.append(child)
+        t0 = time.perf_counter()
+        d_k, d_r, kp, _ = meas.deltas(0, mask, children)
+        pruned = select_prunes([(t, e) for t, e, _ in cands], d_k, d_r, lambda g, size: min(1, size - 1),
+                               cfg.precision)
+        out[coupling] = {"kappa_parent": kp, "d_kappa": d_k.tolist(), "time_s": time.perf_counter() - t0,
+                         "pruned": sorted(int(i) for i in pruned)}
+    out["kendall_tau_d_kappa"] = float(kendalltau(out["batch"]["d_kappa"], out["frozen"]["d_kappa"])[0])
+    out["same_pruned_ops"] = out["batch"]["pruned"] == out["frozen"]["pruned"]
+    out["candidates"] = len(out["batch"]["d_kappa"])
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -109,7 +143,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--num-images", type=int, default=2000)
     ap.add_argument("--table", default=None, help="zc_nasbench201.json (default: <data-dir>/zc_nasbench201.json)")
     ap.add_argument("--reps", type=int, default=3, help="timed calls per NTK variant (median)")
-    ap.add_argument("--jac-chunk", type=int, default=None, help="jacrev chunk size (default: auto per device)")
+    ap.add_argument("--jac-chunk", type=int, default=None, help="vmap chunk size (default: auto per device)")
+    ap.add_argument("--couplings", default="batch,frozen", help="BN couplings to measure, comma-separated")
+    ap.add_argument("--skip-agreement", action="store_true")
     ap.add_argument("--skip-search", action="store_true")
     ap.add_argument("--darts-search", action="store_true", help="also time a DARTS-space search")
     ap.add_argument("--correlation-archs", type=int, default=0)
@@ -137,47 +173,68 @@ def main(argv: list[str] | None = None) -> dict:
                  "images": source}
     if device.type == "cuda":
         res["gpu"] = torch.cuda.get_device_name(device)
-    res["ntk"] = {sp: bench_ntk(sp, images, device, args.reps, args.jac_chunk) for sp in ("nb201", "darts")}
-    res["ntk_speedup_vs_loop"] = res["ntk"]["nb201"]["speedup"]
-    for sp, r in res["ntk"].items():
-        print(f"[ntk {sp}] B={r['batch']} P={r['num_params']} vectorised {r['vectorised_s']:.3f}s  "
-              f"loop {r['loop_s']:.3f}s  speedup {r['speedup']:.2f}x  kappa {r['kappa_vectorised']:.4g} "
-              f"(rel diff vs loop {r['kappa_rel_diff']:.1e})")
+    couplings = [c for c in args.couplings.split(",") if c]
+    default = TenasConfig().bn_coupling
+    res["ntk"] = {sp: {c: bench_ntk(sp, images, device, args.reps, args.jac_chunk, c) for c in couplings}
+                  for sp in ("nb201", "darts")}
+    if default in couplings:
+        res["ntk_speedup_vs_loop"] = res["ntk"]["nb201"][default]["speedup"]
+    if "frozen" in couplings:
+        res["ntk_speedup_vs_loop_frozen"] = res["ntk"]["nb201"]["frozen"]["speedup"]
+    for sp, by in res["ntk"].items():
+        for c, r in by.items():
+            print(f"[ntk {sp} {c}] B={r['batch']} P={r['num_params']} vectorised {r['vectorised_s']:.3f}s  "
+                  f"loop {r['loop_s']:.3f}s  speedup {r['speedup']:.2f}x  kappa {r['kappa_vectorised']:.4g} "
+                  f"(rel diff vs loop {r['kappa_rel_diff']:.1e})", flush=True)
+
+    if not args.skip_agreement:
+        agree = coupling_agreement(images, device, args.seed)
+        res["coupling_agreement"] = agree
+        print(f"[agreement] round 0, {agree['candidates']} candidates: Kendall tau of d_kappa batch vs frozen "
+              f"{agree['kendall_tau_d_kappa']:+.3f}, same pruned ops: {agree['same_pruned_ops']}", flush=True)
 
     if not args.skip_search:
-        cfg = TenasConfig(space="nb201", dataset="cifar10", device=str(device), repeats=args.repeats,
-                          seed=args.seed, table_path=table)
-        out = tenas_search(cfg, images)
-        res["search"] = {
-            "space": "nb201", "wall_time_s": out["wall_time_s"], "setup_time_s": out["setup_time_s"],
-            "arch": out["arch"], "in_table": out.get("in_table"), "val_accuracy_cifar10": out.get("accuracy"),
-            "rounds": [{k: v for k, v in r.items()} for r in out["rounds"]],
-            "config": out["config"],
-        }
-        res["nb201_search_wall_time_s"] = out["wall_time_s"]
-        print(f"[search nb201] {out['wall_time_s']:.1f}s on {device}: {out['arch']}  "
-              f"table acc: {out.get('accuracy')} (in table: {out.get('in_table')})")
+        res["search"] = {}
+        for c in couplings:
+            cfg = TenasConfig(space="nb201", dataset="cifar10", device=str(device), repeats=args.repeats,
+                              seed=args.seed, table_path=table, bn_coupling=c)
+            out = tenas_search(cfg, images)
+            res["search"][c] = {
+                "space": "nb201", "bn_coupling": c, "wall_time_s": out["wall_time_s"],
+                "setup_time_s": out["setup_time_s"], "arch": out["arch"], "in_table": out.get("in_table"),
+                "val_accuracy_cifar10": out.get("accuracy"), "rounds": out["rounds"], "config": out["config"],
+            }
+            print(f"[search nb201 {c}] {out['wall_time_s']:.1f}s on {device}: {out['arch']}  "
+                  f"table acc: {out.get('accuracy')} (in table: {out.get('in_table')})", flush=True)
+        if default in res["search"]:
+            res["nb201_search_wall_time_s"] = res["search"][default]["wall_time_s"]
+        if "frozen" in res["search"]:
+            res["nb201_search_wall_time_s_frozen"] = res["search"]["frozen"]["wall_time_s"]
         if args.darts_search:
             cfg_d = TenasConfig(space="darts", dataset="cifar10", device=str(device), repeats=args.repeats,
-                                seed=args.seed)
+                                seed=args.seed, bn_coupling=couplings[-1])
             out_d = tenas_search(cfg_d, images)
             res["search_darts"] = {"wall_time_s": out_d["wall_time_s"], "genotype": out_d["arch"],
-                                   "rounds": out_d["rounds"]}
-            print(f"[search darts] {out_d['wall_time_s']:.1f}s: {out_d['arch']}")
+                                   "bn_coupling": couplings[-1], "rounds": out_d["rounds"]}
+            print(f"[search darts {couplings[-1]}] {out_d['wall_time_s']:.1f}s: {out_d['arch']}", flush=True)
 
     if args.correlation_archs > 0 and table is not None:
-        cfg = TenasConfig(space="nb201", dataset="cifar10", device=str(device), repeats=args.repeats,
-                          seed=args.seed)
-        corr = correlation_study(table, images, cfg, num_archs=args.correlation_archs, seed=args.seed)
-        res["correlations"] = corr
-        print(f"[correlations] {corr['num_archs']} archs ({corr['time_s']:.0f}s) Kendall tau: "
-              + ", ".join(f"{k} {v:+.3f}" for k, v in corr["kendall_tau"].items())
-              + " | Spearman rho: " + ", ".join(f"{k} {v:+.3f}" for k, v in corr["spearman_rho"].items()))
+        res["correlations"] = {}
+        for c in couplings:
+            cfg = TenasConfig(space="nb201", dataset="cifar10", device=str(device), repeats=args.repeats,
+                              seed=args.seed, bn_coupling=c)
+            corr = correlation_study(table, images, cfg, num_archs=args.correlation_archs, seed=args.seed)
+            res["correlations"][c] = corr
+            print(f"[correlations {c}] {corr['num_archs']} archs ({corr['time_s']:.0f}s) Kendall tau: "
+                  + ", ".join(f"{k} {v:+.3f}" for k, v in corr["kendall_tau"].items())
+                  + " | Spearman rho: " + ", ".join(f"{k} {v:+.3f}" for k, v in corr["spearman_rho"].items()),
+                  flush=True)
 
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w", encoding="utf-8") as f:
         json.dump(res, f, indent=1, default=str)
-    print(f"ntk_speedup_vs_loop = {res['ntk_speedup_vs_loop']:.2f}  -> {args.json}")
+    print("ntk_speedup_vs_loop = " + ", ".join(f"{k}: {res[k]:.2f}" for k in ("ntk_speedup_vs_loop",
+          "ntk_speedup_vs_loop_frozen") if k in res) + f"  -> {args.json}")
     return res
 
 

@@ -9,13 +9,28 @@ Perspective", ICLR 2021 (TE-NAS).  Both indicators are label-free and are comput
   The empirical NTK is ``Theta = G G^T`` (``G`` is ``B x P``) and ``kappa_N = lambda_max / lambda_min``
   (paper Eq. 4).  Lower is more trainable.
 
-  The Jacobian ``G`` is computed in one vectorised call: ``torch.func.jacrev`` of the *batched* map
-  ``theta -> (sum_c logits)[batch]`` (``functional_call``), i.e. reverse-mode over ``B`` cotangents at once
-  (``vmap`` over the vector-Jacobian product).  Because the whole batch goes through the network together,
-  BatchNorm in train mode couples the samples (``g_i`` carries the paths through the batch mean/variance),
-  exactly as the released code's one forward + ``B`` backward passes do.  A per-sample ``vmap`` over single
-  inputs would drop this coupling and is *not* what TE-NAS measures, so it is not used.
-  ``ntk_gram_loop`` is the released per-sample backward loop, kept as the baseline of
+  The Jacobian ``G`` is computed in one vectorised call, in one of two ways:
+
+  - ``bn_coupling="batch"`` (default; the paper's and the released code's kernel): ``torch.func.jacrev`` of the
+    *batched* map ``theta -> (sum_c logits)[batch]`` (``functional_call``), i.e. reverse-mode over ``B``
+    cotangents at once (``vmap`` over the vector-Jacobian product).  The whole batch goes through the network
+    together, so BatchNorm in train mode couples the samples (``g_i`` carries the paths through the batch
+    mean/variance), exactly as the released code's one forward + ``B`` backward passes do.  This costs the
+    flops of ``B`` full-batch backward passes whatever the vectorisation: with the coupling, row ``i`` of ``G``
+    needs its own pull-back through every sample (the Jacobian of ``B`` coupled outputs needs ``B`` reverse
+    passes; the ``2C``-per-layer BN statistics are more numerous than ``B`` in these proxies, so going through
+    them does not help).  Vectorising saves only dispatch, which pays on a GPU, not on a compute-bound CPU.
+  - ``bn_coupling="frozen"``: the same forward (BN normalises with the batch's own mean and biased variance),
+    but those statistics are held constant in the backward.  The samples are then independent and
+    ``G = vmap(grad(f~))`` over single samples: one batched backward with per-sample weight gradients instead
+    of ``B`` (``benchmarks/bench_tenas.py``: ~20x faster than the loop on CPU).  It is a different kernel: it
+    drops the cross-sample terms, which mainly move ``lambda_max`` (the batch-mean direction BN removes), so
+    kappa values differ from the paper's; the bench reports how the two rank candidates.  Offered as a setting,
+    not the default, because the paper's indicator is the coupled one.
+
+  Without a batch coupling (no BatchNorm, or ``train_mode=False`` so BN uses running statistics) both ways
+  compute the same exact per-sample Jacobian and the fast per-sample path is used automatically.
+  ``ntk_jacobian_loop`` is the released per-sample backward loop (either coupling), kept as the baseline of
   ``benchmarks/bench_tenas.py``.
 
   Parameters: every parameter whose name contains ``"weight"`` (conv kernels, BN gamma, linear weight; biases
@@ -53,9 +68,10 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 from torch import nn
-from torch.func import functional_call, jacrev
+from torch.func import functional_call, grad, jacrev, vmap
 
 INIT_MODES: tuple[str, ...] = ("kaiming_fanout", "kaiming_fanin", "default", "none")
+BN_COUPLINGS: tuple[str, ...] = ("batch", "frozen")
 
 ParamFilter = Callable[[str], bool]
 
@@ -139,6 +155,61 @@ def batch_stats_mode(model: nn.Module, train: bool = True) -> Iterator[nn.Module
             m.training = t
 
 
+def _batchnorms(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+@contextlib.contextmanager
+def frozen_batch_stats(model: nn.Module, x: torch.Tensor) -> Iterator[nn.Module]:
+    """Run ``model`` in eval mode with every BN's running statistics replaced by ``x``'s batch statistics.
+
+    ``x``: [B, ...] the batch.  One no-grad train-mode forward records each BN input's per-channel mean and
+    *biased* variance (what train-mode BN normalises with); they are swapped in as the running buffers and the
+    model is put in eval mode, so ``model(x)`` gives the train-mode output while each sample's output depends
+    on that sample alone (the statistics are constants).  Restores the buffers and modes on exit.
+    """
+    bns = _batchnorms(model)
+    stats: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def record(m: nn.Module, inp: tuple, _out: torch.Tensor) -> None:
+        a = inp[0].detach()
+        dims = [0] + list(range(2, a.dim()))
+        stats[m] = (a.mean(dim=dims), a.var(dim=dims, unbiased=False))
+
+    handles = [m.register_forward_hook(record) for m in bns]
+    try:
+        with torch.no_grad(), batch_stats_mode(model, True):
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    saved = [(m, m.running_mean, m.running_var) for m in stats]  # BNs that did not run are left alone
+    was_training = [m.training for m in model.modules()]
+    try:
+        for m, (mean, var) in stats.items():
+            m.running_mean, m.running_var = mean, var
+        model.eval()
+        yield model
+    finally:
+        for m, mean, var in saved:
+            m.running_mean, m.running_var = mean, var
+        for m, t in zip(model.modules(), was_training):
+            m.training = t
+
+
+def _coupling_mode(model: nn.Module, x: torch.Tensor, train_mode: bool,
+                   bn_coupling: str) -> tuple[bool, contextlib.AbstractContextManager]:
+    """(samples coupled?, context to evaluate the model in) for ``ntk_jacobian`` and its loop baseline."""
+    if bn_coupling not in BN_COUPLINGS:
+        raise ValueError(f"bn_coupling: {bn_coupling!r} is not one of {list(BN_COUPLINGS)}")
+    has_bn = bool(_batchnorms(model))
+    if train_mode and has_bn and bn_coupling == "frozen":
+        return False, frozen_batch_stats(model, x)
+    # dropout draws per call: keep the batched evaluation so the per-sample path never changes its semantics
+    has_dropout = any(isinstance(m, nn.modules.dropout._DropoutNd) for m in model.modules())
+    return (train_mode and (has_bn or has_dropout)), batch_stats_mode(model, train_mode)
+
+
 def _param_filter(which: str | ParamFilter) -> ParamFilter:
     if callable(which):
         return which
@@ -166,12 +237,15 @@ def _as_batches(inputs: torch.Tensor | Sequence[torch.Tensor], name: str) -> lis
 # NTK
 # ----------------------------------------------------------------------------------------------------------
 def ntk_jacobian(model: nn.Module, x: torch.Tensor, *, param_filter: str | ParamFilter = "weight",
-                 train_mode: bool = True, chunk_size: int | None = None) -> torch.Tensor:
+                 train_mode: bool = True, bn_coupling: str = "batch",
+                 chunk_size: int | None = None) -> torch.Tensor:
     """Jacobian ``G`` [B, P] of the summed logits of each sample w.r.t. the selected parameters (vectorised).
 
-    ``x``: [B, ...] one batch.  The model is evaluated once on the whole batch (BN couples the samples in train
-    mode, as in the released code) and ``jacrev`` pulls back all ``B`` unit cotangents in one vmapped VJP.
-    ``chunk_size`` bounds the number of cotangents per vmapped call (memory); None = all at once.
+    ``x``: [B, ...] one batch.  ``bn_coupling="batch"``: the model is evaluated once on the whole batch (BN
+    couples the samples in train mode, as in the released code) and ``jacrev`` pulls back all ``B`` unit
+    cotangents in one vmapped VJP.  ``"frozen"``, or a model with no batch coupling: ``vmap(grad)`` over single
+    samples (see the module docstring).  ``chunk_size`` bounds the cotangents / samples per vmapped call
+    (memory); None = all at once.
     """
     select = _param_filter(param_filter)
     named = dict(model.named_parameters())
@@ -180,26 +254,36 @@ def ntk_jacobian(model: nn.Module, x: torch.Tensor, *, param_filter: str | Param
         raise ValueError("param_filter: no parameter of the model is selected")
     params = {n: named[n].detach() for n in names}
     rest = {n: p.detach() for n, p in named.items() if n not in params}
-    buffers = dict(model.named_buffers())
     B = x.shape[0]
+    coupled, mode = _coupling_mode(model, x, train_mode, bn_coupling)
+    with mode:
+        buffers = dict(model.named_buffers())  # inside the context: the frozen statistics
+        if coupled:
+            def summed_logits(p: dict[str, torch.Tensor]) -> torch.Tensor:
+                out = functional_call(model, (p, rest, buffers), (x,))
+                return out.reshape(B, -1).sum(dim=1)  # f~(x_i) = sum_c f_c(x_i), [B]
 
-    def summed_logits(p: dict[str, torch.Tensor]) -> torch.Tensor:
-        out = functional_call(model, (p, rest, buffers), (x,))
-        return out.reshape(B, -1).sum(dim=1)  # f~(x_i) = sum_c f_c(x_i), [B]
+            jac = jacrev(summed_logits, chunk_size=chunk_size)(params)
+        else:
+            def summed_logit(p: dict[str, torch.Tensor], xi: torch.Tensor) -> torch.Tensor:
+                return functional_call(model, (p, rest, buffers), (xi.unsqueeze(0),)).sum()  # f~(x_i)
 
-    with batch_stats_mode(model, train_mode):
-        jac = jacrev(summed_logits, chunk_size=chunk_size)(params)
+            jac = vmap(grad(summed_logit), in_dims=(None, 0), chunk_size=chunk_size)(params, x)
     return torch.cat([jac[n].reshape(B, -1) for n in names], dim=1)
 
 
 def ntk_jacobian_loop(model: nn.Module, x: torch.Tensor, *, param_filter: str | ParamFilter = "weight",
-                      train_mode: bool = True) -> torch.Tensor:
-    """Baseline: the released per-sample loop (one forward, ``B`` backward passes).  Returns ``G`` [B, P]."""
+                      train_mode: bool = True, bn_coupling: str = "batch") -> torch.Tensor:
+    """Baseline: the released per-sample loop (one forward, ``B`` backward passes).  Returns ``G`` [B, P].
+
+    ``bn_coupling`` as in ``ntk_jacobian`` (``"frozen"`` runs the same loop on the frozen-statistics network).
+    """
     select = _param_filter(param_filter)
     named = [(n, p) for n, p in model.named_parameters() if select(n)]
     params = [p for _, p in named]
     rows = []
-    with batch_stats_mode(model, train_mode):
+    _, mode = _coupling_mode(model, x, train_mode, bn_coupling)
+    with mode:
         out = model(x).reshape(x.shape[0], -1).sum(dim=1)
         for i in range(x.shape[0]):
             grads = torch.autograd.grad(out[i], params, retain_graph=True, allow_unused=True)
@@ -224,18 +308,19 @@ def gram_condition(jac: torch.Tensor, *, dtype: torch.dtype = torch.float64,
 
 
 def ntk_kappa(model: nn.Module, x: torch.Tensor, *, param_filter: str | ParamFilter = "weight",
-              train_mode: bool = True, chunk_size: int | None = None, eig_dtype: torch.dtype = torch.float64,
-              nan_value: float = 1e5) -> torch.Tensor:
+              train_mode: bool = True, bn_coupling: str = "batch", chunk_size: int | None = None,
+              eig_dtype: torch.dtype = torch.float64, nan_value: float = 1e5) -> torch.Tensor:
     """kappa_N of ``model`` on one batch ``x`` [B, ...] with its current weights; a 0-dim tensor (no sync)."""
-    jac = ntk_jacobian(model, x, param_filter=param_filter, train_mode=train_mode, chunk_size=chunk_size)
+    jac = ntk_jacobian(model, x, param_filter=param_filter, train_mode=train_mode, bn_coupling=bn_coupling,
+                       chunk_size=chunk_size)
     return gram_condition(jac, dtype=eig_dtype, nan_value=nan_value)
 
 
 def ntk_condition_number(model: nn.Module, inputs: torch.Tensor | Sequence[torch.Tensor], *, repeats: int = 3,
                          init: str = "kaiming_fanout", seed: int = 0,
                          param_filter: str | ParamFilter = "weight", train_mode: bool = True,
-                         chunk_size: int | None = None, eig_dtype: torch.dtype = torch.float64,
-                         nan_value: float = 1e5) -> float:
+                         bn_coupling: str = "batch", chunk_size: int | None = None,
+                         eig_dtype: torch.dtype = torch.float64, nan_value: float = 1e5) -> float:
     """Mean NTK condition number over ``repeats`` fresh initialisations (paper Eq. 4; TE-NAS: 3 repeats).
 
     ``inputs``: one batch [B, ...] (B = 72 for NB201, 14 for DARTS/CIFAR-10 in TE-NAS) or a list of batches,
@@ -250,7 +335,7 @@ def ntk_condition_number(model: nn.Module, inputs: torch.Tensor | Sequence[torch
     for r in range(repeats):
         init_weights(model, init, seed + r)
         vals.append(ntk_kappa(model, batches[r % len(batches)], param_filter=param_filter, train_mode=train_mode,
-                              chunk_size=chunk_size, eig_dtype=eig_dtype, nan_value=nan_value))
+                              bn_coupling=bn_coupling, chunk_size=chunk_size, eig_dtype=eig_dtype, nan_value=nan_value))
     return float(torch.stack(vals).mean())
 
 

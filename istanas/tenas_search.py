@@ -63,7 +63,7 @@ from torch import nn
 
 from istanas.config import ConfigError
 from istanas.data import DataConfig
-from istanas.tenas import init_weights, linear_regions_once, ntk_kappa
+from istanas.tenas import BN_COUPLINGS, init_weights, linear_regions_once, ntk_kappa
 from spaces.ops import (DARTS_PRIMITIVES, NB201_PRIMITIVES, FactorizedReduce, ReLUConvBN, ResNetBasicBlock,
                         build_op)
 
@@ -369,7 +369,8 @@ class TenasConfig:
     param_filter: str = "weight"         # NTK parameters: "weight" (names containing 'weight') | "all"
     precision: int = 3                   # significant digits compared when ranking
     nan_value: float = 1e5               # kappa of a NaN / singular NTK
-    jac_chunk: int | None = None         # jacrev chunk_size: None = auto (8 on CPU, whole batch on CUDA), 0 = whole
+    bn_coupling: str = "batch"           # NTK: "batch" (paper: gradients through BN batch stats) | "frozen" (fast)
+    jac_chunk: int | None = None         # vmap chunk_size: None = auto (8 on CPU if coupled, else whole), 0 = whole
     table_path: str | None = None        # zc_nasbench201.json: accuracy lookup (+ correlations)
     correlation_archs: int = 0           # > 0: also run correlation_study on that many table archs
     device: str = "cpu"
@@ -403,6 +404,8 @@ class TenasConfig:
         need(self.param_filter in ("weight", "all"), f"param_filter: {self.param_filter!r} is not 'weight' or 'all'")
         need(1 <= self.precision <= 12, f"precision: must be in 1..12, got {self.precision}")
         need(math.isfinite(self.nan_value) and self.nan_value > 0, f"nan_value: must be > 0, got {self.nan_value}")
+        need(self.bn_coupling in BN_COUPLINGS,
+             f"bn_coupling: {self.bn_coupling!r} is not one of {list(BN_COUPLINGS)}")
         need(self.jac_chunk is None or self.jac_chunk >= 0, f"jac_chunk: must be >= 0, got {self.jac_chunk}")
         need(self.correlation_archs >= 0, f"correlation_archs: must be >= 0, got {self.correlation_archs}")
         if self.table_path is not None:
@@ -430,9 +433,9 @@ class TenasConfig:
             ntk_batch=self.ntk_batch or (72 if nb else (24 if imagenet else 14)),
             ntk_width=self.ntk_width or (3 if nb else 1),
             prune_number=self.prune_number or (1 if nb else (2 if imagenet else 3)),
-            # on CPU the vmapped VJP over all B cotangents is memory-bound; chunks of 8 run fastest there
+            # on CPU the vmapped VJP over all B coupled cotangents is memory-bound; chunks of 8 run fastest there
             jac_chunk=(self.jac_chunk if self.jac_chunk is not None
-                       else (8 if torch.device(self.device).type == "cpu" else 0)),
+                       else (8 if torch.device(self.device).type == "cpu" and self.bn_coupling == "batch" else 0)),
         )
 
 
@@ -575,7 +578,8 @@ class _Measurer:
             self._ntk_key = init_key
         self.ntk_net.set_mask(mask)
         return ntk_kappa(self.ntk_net, self._data(0, batch_key), param_filter=self.cfg.param_filter,
-                         chunk_size=self.cfg.jac_chunk or None, nan_value=self.cfg.nan_value)
+                         bn_coupling=self.cfg.bn_coupling, chunk_size=self.cfg.jac_chunk or None,
+                         nan_value=self.cfg.nan_value)
 
     def regions(self, mask: np.ndarray, init_key: tuple, batch_key: tuple) -> torch.Tensor:
         if init_key != self._lr_key:

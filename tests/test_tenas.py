@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from istanas.tenas import (count_distinct_rows, init_weights, linear_regions, ntk_condition_number,
-                           ntk_jacobian)
+                           ntk_jacobian, ntk_jacobian_loop, ntk_kappa)
 from istanas.tenas_search import (DARTS_EDGES, DARTS_GROUPS, NB201_SEARCH_OPS, TenasConfig, arch_str_to_table_key,
                                   correlation_study, dense_rank, digits_images, genotype_to_mask, parse_arch_str,
                                   round_sig, score_genotype, select_prunes, table_key_to_arch_str, tenas_search)
@@ -96,6 +96,82 @@ def test_ntk_jacobian_conv_bn_matches_loop() -> None:
         got = ntk_jacobian(model, x, chunk_size=chunk)
         assert got.shape == ref.shape
         assert torch.allclose(got, ref, atol=1e-5, rtol=1e-4)
+
+
+def _conv_bn_net() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU(),
+                         nn.Conv2d(4, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4, affine=False,
+                                                                                   track_running_stats=False),
+                         nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 5))
+
+
+def _frozen_reference_jacobian(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Independent reference for ``bn_coupling="frozen"``: hand-written forward of ``_conv_bn_net`` in which each
+    BN normalises with the batch's mean / biased variance computed here, as constants (detached); one
+    autograd.grad per *single sample* of its summed logits w.r.t. conv1, bn1 gamma, conv2 and linear weights."""
+    conv1, bn1, _, conv2, bn2, _, _, _, lin = model
+    with torch.no_grad():
+        z1 = conv1(x)
+        m1, v1 = z1.mean((0, 2, 3)), z1.var((0, 2, 3), unbiased=False)
+        z2 = conv2(torch.relu((z1 - m1[:, None, None]) / torch.sqrt(v1[:, None, None] + bn1.eps)
+                              * bn1.weight[:, None, None] + bn1.bias[:, None, None]))
+        m2, v2 = z2.mean((0, 2, 3)), z2.var((0, 2, 3), unbiased=False)
+    params = [conv1.weight, bn1.weight, conv2.weight, lin.weight]
+    rows = []
+    for i in range(x.shape[0]):
+        a = conv1(x[i:i + 1])
+        a = torch.relu((a - m1[:, None, None]) / torch.sqrt(v1[:, None, None] + bn1.eps) * bn1.weight[:, None, None]
+                       + bn1.bias[:, None, None])
+        a = conv2(a)
+        a = torch.relu((a - m2[:, None, None]) / torch.sqrt(v2[:, None, None] + bn2.eps))
+        out = lin(a.mean((2, 3))).sum()
+        rows.append(torch.cat([g.reshape(-1) for g in torch.autograd.grad(out, params)]))
+    return torch.stack(rows)
+
+
+def test_frozen_bn_jacobian_matches_per_sample_reference() -> None:
+    torch.manual_seed(3)
+    model = _conv_bn_net()
+    x = torch.randn(6, 3, 6, 6)
+    model.train()
+    with torch.no_grad():
+        train_out = model(x)
+        model[1].running_mean.fill_(0.3)  # must be ignored, then restored
+    ref = _frozen_reference_jacobian(model, x)
+    for chunk in (None, 4):
+        got = ntk_jacobian(model, x, bn_coupling="frozen", chunk_size=chunk)
+        assert got.shape == ref.shape
+        assert torch.allclose(got, ref, atol=1e-5, rtol=1e-4)
+    loop = ntk_jacobian_loop(model, x, bn_coupling="frozen")
+    assert torch.allclose(loop, ref, atol=1e-5, rtol=1e-4)
+    # state restored: train mode, the untouched running buffers, no buffer on the stat-less BN
+    assert model.training and all(m.training for m in model.modules())
+    assert torch.all(model[1].running_mean == 0.3) and model[4].running_mean is None
+    with torch.no_grad():
+        assert torch.allclose(model(x), train_out, atol=1e-6)  # (this forward updates the running stats)
+    # the frozen kernel really is a different one: the coupled kappa differs from it
+    coupled = float(ntk_kappa(model, x))
+    frozen = float(ntk_kappa(model, x, bn_coupling="frozen"))
+    assert abs(coupled - frozen) > 1e-3 * coupled
+
+
+def test_no_coupling_uses_exact_per_sample_path() -> None:
+    """Without BN (or with eval-mode BN) the per-sample path is exact: compare with an explicit loop."""
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+    x = torch.randn(5, 3, 5, 5)
+    with torch.no_grad():
+        model[1].running_mean.uniform_(-1, 1)
+        model[1].running_var.uniform_(0.5, 2)
+    model.eval()
+    params = [p for n, p in model.named_parameters() if "weight" in n]
+    ref = torch.stack([torch.cat([g.reshape(-1) for g in torch.autograd.grad(model(x[i:i + 1]).sum(), params)])
+                       for i in range(5)])
+    got = ntk_jacobian(model, x, train_mode=False)
+    assert torch.allclose(got, ref, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="bn_coupling"):
+        ntk_jacobian(model, x, bn_coupling="none")
 
 
 # ------------------------------------------------------------------------------------------------ regions
@@ -279,6 +355,9 @@ def test_config_validation_names_field(tmp_path) -> None:
         TenasConfig(table_path=str(tmp_path / "missing.json")).validate()
     with pytest.raises(ValueError, match="init"):
         TenasConfig(init="xavier").validate()
+    with pytest.raises(ValueError, match="bn_coupling"):
+        TenasConfig(bn_coupling="none").validate()
+    assert TenasConfig(bn_coupling="frozen").resolved().jac_chunk == 0
     cfg = TenasConfig(space="darts", dataset="imagenet").resolved()
     assert (cfg.ntk_batch, cfg.prune_number, cfg.num_classes) == (24, 2, 1000)
     with pytest.raises(ValueError, match="images"):
