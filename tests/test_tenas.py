@@ -174,6 +174,18 @@ def test_no_coupling_uses_exact_per_sample_path() -> None:
         ntk_jacobian(model, x, bn_coupling="none")
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("coupling", ["batch", "frozen"])
+def test_ntk_jacobian_cuda_matches_cpu(coupling: str) -> None:
+    torch.manual_seed(5)
+    model = _conv_bn_net()
+    x = torch.randn(6, 3, 6, 6)
+    ref = _frozen_reference_jacobian(model, x) if coupling == "frozen" else ntk_jacobian_loop(model, x)
+    got = ntk_jacobian(model.cuda(), x.cuda(), bn_coupling=coupling)
+    assert got.is_cuda
+    assert torch.allclose(got.cpu(), ref, atol=1e-4, rtol=1e-3)
+
+
 # ------------------------------------------------------------------------------------------------ regions
 def test_linear_regions_one_hidden_layer_1d_analytic() -> None:
     rng = np.random.default_rng(0)
