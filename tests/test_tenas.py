@@ -288,10 +288,11 @@ def small_images() -> torch.Tensor:
     return digits_images(size=8, n=64)
 
 
-def test_nb201_pruning_one_op_per_edge_and_deterministic(small_images: torch.Tensor) -> None:
+@pytest.mark.parametrize("coupling", ["batch", "frozen"])
+def test_nb201_pruning_one_op_per_edge_and_deterministic(small_images: torch.Tensor, coupling: str) -> None:
     seen = []
-    out1 = tenas_search(_tiny_cfg(), small_images, report=seen.append)
-    out2 = tenas_search(_tiny_cfg(), small_images)
+    out1 = tenas_search(_tiny_cfg(bn_coupling=coupling), small_images, report=seen.append)
+    out2 = tenas_search(_tiny_cfg(bn_coupling=coupling), small_images)
     edges = parse_arch_str(out1["arch"])
     assert len(edges) == 6 and all(op in NB201_SEARCH_OPS for op, _, _ in edges)
     assert [r["candidates"] for r in out1["rounds"]] == [24, 18, 12]
@@ -301,6 +302,7 @@ def test_nb201_pruning_one_op_per_edge_and_deterministic(small_images: torch.Ten
     assert [[p["d_kappa"] for p in r["pruned"]] for r in out1["rounds"]] == \
            [[p["d_kappa"] for p in r["pruned"]] for r in out2["rounds"]]
     assert out1["genotype"].to_arch_str() == out1["arch"]
+    assert out1["config"]["bn_coupling"] == coupling
 
 
 def test_nb201_pruning_released_init_mode_with_table(table: str, small_images: torch.Tensor) -> None:
