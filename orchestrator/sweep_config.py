@@ -55,6 +55,19 @@ def resolve_storage(path: str) -> str:
     return os.path.abspath(os.path.expanduser(p))
 
 
+class StoragePathMixin:
+    """``is_uri`` and ``storage`` of a config dataclass with a ``storage_path`` field (sweep, Ray Train job)."""
+
+    @property
+    def is_uri(self) -> bool:
+        return is_storage_uri(self.storage_path)
+
+    @property
+    def storage(self) -> str:
+        """``storage_path`` as Ray wants it: an absolute local path, or the URI unchanged."""
+        return resolve_storage(self.storage_path)
+
+
 # ----------------------------------------------------------------------------------------------------- sections
 @dataclass
 class ParamRange:
@@ -134,7 +147,7 @@ class RetrainSpec:
 
 
 @dataclass
-class SweepConfig:
+class SweepConfig(StoragePathMixin):
     """A Ray Tune sweep of two-stage ISTA-NAS searches (the defaults are the small no-argument sweep).
 
     name / storage_path: the experiment lives in ``storage_path/name`` (a local folder, made absolute, or any URI
@@ -190,15 +203,6 @@ class SweepConfig:
     @property
     def mode(self) -> str:
         return "max"
-
-    @property
-    def is_uri(self) -> bool:
-        return is_storage_uri(self.storage_path)
-
-    @property
-    def storage(self) -> str:
-        """``storage_path`` as Ray wants it: an absolute local path, or the URI unchanged."""
-        return resolve_storage(self.storage_path)
 
     @property
     def experiment_path(self) -> str:

@@ -54,7 +54,7 @@ import torch
 from istanas import checkpoint as ckpt
 from istanas.config import ConfigError, check, from_dict, to_dict
 
-from .sweep_config import _NAME_RE, is_storage_uri, resolve_storage
+from .sweep_config import _NAME_RE, StoragePathMixin, is_storage_uri
 
 STATE_FILE = "state.pt"
 REPORTS_FILE = "reports.json"
@@ -67,7 +67,7 @@ NAMESPACE = "istanas"
 
 # ------------------------------------------------------------------------------------------------------ config
 @dataclass
-class DistSearchConfig:
+class DistSearchConfig(StoragePathMixin):
     """A distributed one-stage ISTA-NAS search on Ray Train.
 
     ``search_preset`` + ``search`` (nested / dotted :class:`istanas.onestage.OneStageConfig` keys) give the search
@@ -113,15 +113,6 @@ class DistSearchConfig:
     record_dir: Optional[str] = None
 
     # ------------------------------------------------------------------------------------------- derived
-    @property
-    def is_uri(self) -> bool:
-        return is_storage_uri(self.storage_path)
-
-    @property
-    def storage(self) -> str:
-        """``storage_path`` as Ray wants it: an absolute local path, or the URI unchanged."""
-        return resolve_storage(self.storage_path)
-
     @property
     def run_path(self) -> str:
         """``<storage>/<name>``: Ray Train's run folder (checkpoints), ``export/`` at the end."""
