@@ -3,13 +3,13 @@ search-to-train switch, against (c) the stand-alone network that the BN absorpti
 process, on the same batch.
 
 * (a) search step (Algorithm 2 with ``recover_every="step"``, the default): one batched recovery of z from b on
-  the host (``HostRecovery``), the :class:`istanas.onestage.OneStageNet` forward (Eq. 11 coefficients computed
+  the host (``HostRecovery``), the :class:`istanas.ista.onestage.OneStageNet` forward (Eq. 11 coefficients computed
   from b inside the module, support-only ops), CE + 0.4 auxiliary CE, one backward into W and b, Adam step on b,
   gradient-norm clip and SGD step on W.  The support is kept at the genotype's (the recovery runs and is timed,
   but its support is not adopted), so that (a), (b) and (c) run the same ops.
 * (b) train step after the switch: constant coefficients (``fix_coefficients``), b frozen; backward into W only;
   clip; SGD step.
-* (c) ``istanas.absorb.absorb(net)``: the ``spaces.networks`` network with the folded BNs and the same weights;
+* (c) ``istanas.ista.absorb.absorb(net)``: the ``spaces.networks`` network with the folded BNs and the same weights;
   same loss, clip and SGD step.
 
 Genotype: the published one-stage cell (``ISTA_onestage``).  Time: median over ``--repeats`` steps after
@@ -39,11 +39,11 @@ sys.path.insert(0, os.path.join(_HERE, ".."))
 sys.path.insert(0, _HERE)
 
 from bench_supernet import genotype_support  # noqa: E402
-from istanas.absorb import absorb  # noqa: E402
-from istanas.compressed import CompressedSpace, RecoveryConfig  # noqa: E402
-from istanas.onestage import OneStageNet  # noqa: E402
+from istanas.ista.absorb import absorb  # noqa: E402
+from istanas.ista.compressed import CompressedSpace, RecoveryConfig  # noqa: E402
+from istanas.ista.onestage import OneStageNet  # noqa: E402
 from istanas.supernet import ISTA_PRIMITIVES, SparseSuperNet  # noqa: E402
-from istanas.twostage import HostRecovery  # noqa: E402
+from istanas.ista.twostage import HostRecovery  # noqa: E402
 
 K = len(ISTA_PRIMITIVES)
 AUX_WEIGHT = 0.4

@@ -7,7 +7,7 @@ A with m = 7, lambda = 1e-5, b ~ 1e-3 N(0, 1)) is built; on the same inputs we t
 * ``cvxpy loop`` (the reference's way): one fresh ``cvx.Problem`` per node, ``0.5 * sum_squares(A x - b) +
   gamma * norm1(x)`` with ``gamma = cvx.Parameter(value=1e-5)``, solved by MOSEK when usable, else CLARABEL,
   default options, in a Python loop, including the tensor -> numpy conversion;
-* a cached, parametrised CVXPY loop (``istanas.recovery.solve_cvxpy``), warm-started batched recovery after
+* a cached, parametrised CVXPY loop (``istanas.ista.recovery.solve_cvxpy``), warm-started batched recovery after
   an optimiser-sized change of b, and FISTA (300 iterations, and converged).
 
 Support agreement: per node, the top-2 |z| of the batched result vs the CVXPY loop's, and vs a tight exact
@@ -30,8 +30,8 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from istanas import recovery as R  # noqa: E402
-from istanas.compressed import CompressedSpace, RecoveryConfig  # noqa: E402
+from istanas.ista import recovery as R  # noqa: E402
+from istanas.ista.compressed import CompressedSpace, RecoveryConfig  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:

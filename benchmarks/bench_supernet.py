@@ -43,9 +43,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from istanas.compressed import CompressedSpace, RecoveryConfig  # noqa: E402
+from istanas.ista.compressed import CompressedSpace, RecoveryConfig  # noqa: E402
 from istanas.supernet import ISTA_PRIMITIVES, DenseSuperNet, SparseSuperNet  # noqa: E402
-from istanas.twostage import HostRecovery  # noqa: E402
+from istanas.ista.twostage import HostRecovery  # noqa: E402
 
 K = len(ISTA_PRIMITIVES)
 

@@ -61,7 +61,7 @@ def bench_overhead(args, root: str) -> dict:
     import ray
     import torch
 
-    from istanas.twostage import search
+    from istanas.ista.twostage import search
     from orchestrator.sweep import run_sweep
 
     overrides = [f"storage_path={root}", "name=overhead", f"num_samples={args.trials}",

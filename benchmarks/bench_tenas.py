@@ -5,7 +5,7 @@ Usage::
     python benchmarks/bench_tenas.py --json bench-results/tenas.json [--device cuda] [--correlation-archs 50]
 
 * ``ntk``: on the TE-NAS NTK proxies (the NB201 super-net, C=3, batch 72, 32x32; the DARTS super-net, C=1,
-  batch 14) with every op live, for each BN coupling (``--couplings``), time ``istanas.tenas.ntk_jacobian``
+  batch 14) with every op live, for each BN coupling (``--couplings``), time ``istanas.tenas.indicators.ntk_jacobian``
   against ``ntk_jacobian_loop`` (one forward, B backward passes, as released) on the same network, batch and
   coupling; check both give the same Jacobian and kappa.  ``batch`` (the paper's kernel, the default) is
   ``jacrev`` over the batched function (one vmapped VJP over B coupled cotangents); ``frozen`` (BN statistics
@@ -37,8 +37,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from istanas.tenas import gram_condition, init_weights, ntk_jacobian, ntk_jacobian_loop  # noqa: E402
-from istanas.tenas_search import (TenasConfig, _Measurer, build_proxies, correlation_study,  # noqa: E402
+from istanas.tenas.indicators import gram_condition, init_weights, ntk_jacobian, ntk_jacobian_loop  # noqa: E402
+from istanas.tenas.search import (TenasConfig, _Measurer, build_proxies, correlation_study,  # noqa: E402
                                   digits_images, prepare_images, sample_ntk_batch, select_prunes, tenas_search)
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)

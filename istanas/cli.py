@@ -23,7 +23,7 @@ import time
 from typing import Any, Callable, Mapping, Optional, TypeVar
 
 from . import checkpoint as ckpt
-from .config import ConfigError, from_dict, merge_overrides, read_yaml, set_path, to_dict
+from .config import ConfigError, deep_merge, from_dict, merge_overrides, read_yaml, to_dict
 
 T = TypeVar("T")
 
@@ -58,28 +58,6 @@ def add_common_args(parser: argparse.ArgumentParser, *, default_out: str) -> Non
     parser.set_defaults(_out_default=default_out)
 
 
-def _deep_merge(base: Mapping[str, Any], extra: Mapping[str, Any], *, skip_none: bool = True) -> dict:
-    """Merge ``extra`` into a copy of ``base``; nested mappings merge, ``None`` values are skipped when
-    ``skip_none`` (a flag not given), and dotted keys (``"data.dataset"``) address nested configs."""
-    out = {k: (_deep_merge({}, v, skip_none=False) if isinstance(v, Mapping) else v) for k, v in base.items()}
-    for key, value in extra.items():
-        if value is None and skip_none:
-            continue
-        path = str(key).replace("-", "_").split(".")
-        if isinstance(value, Mapping):
-            node = out
-            for p in path:
-                child = node.get(p)
-                node[p] = dict(child) if isinstance(child, Mapping) else {}
-                node = node[p]
-            merged = _deep_merge(node, value, skip_none=skip_none)
-            node.clear()
-            node.update(merged)
-        else:
-            set_path(out, path, value)
-    return out
-
-
 def build_config(cls: type[T], args: argparse.Namespace, extra: Optional[dict] = None, *,
                  base: Optional[Mapping[str, Any]] = None) -> T:
     """The job config: dataclass defaults < ``base`` (a preset) < ``--config`` YAML < explicit flags < ``--set``,
@@ -90,16 +68,16 @@ def build_config(cls: type[T], args: argparse.Namespace, extra: Optional[dict] =
     ``--out`` when ``cls`` has an ``out`` field (unless ``--out`` was left at its default and the YAML names one).
     Raises :class:`ConfigError` (a ``ValueError``) naming the bad field.
     """
-    data: dict[str, Any] = _deep_merge({}, base or {})
+    data: dict[str, Any] = deep_merge({}, base or {})
     if getattr(args, "config", None):
-        data = _deep_merge(data, read_yaml(args.config), skip_none=False)
+        data = deep_merge(data, read_yaml(args.config), skip_none=False)
     names = {f.name for f in dataclasses.fields(cls)}
     common = {k: getattr(args, k, None) for k in ("device", "seed") if k in names}
     out = getattr(args, "out", None)
     if "out" in names and out is not None and (out != getattr(args, "_out_default", None) or "out" not in data):
         common["out"] = out
-    data = _deep_merge(data, common)
-    data = _deep_merge(data, extra or {})
+    data = deep_merge(data, common)
+    data = deep_merge(data, extra or {})
     data = merge_overrides(data, list(getattr(args, "set", None) or []))
     cfg = from_dict(cls, data)
     validate = getattr(cfg, "validate", None)

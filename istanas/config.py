@@ -163,6 +163,28 @@ def set_path(data: dict[str, Any], path: Sequence[str], value: Any) -> None:
     node[path[-1]] = value
 
 
+def deep_merge(base: Mapping[str, Any], extra: Mapping[str, Any], *, skip_none: bool = True) -> dict:
+    """Merge ``extra`` into a copy of ``base``; nested mappings merge, ``None`` values are skipped when
+    ``skip_none`` (a flag not given), and dotted keys (``"data.dataset"``) address nested configs."""
+    out = {k: (deep_merge({}, v, skip_none=False) if isinstance(v, Mapping) else v) for k, v in base.items()}
+    for key, value in extra.items():
+        if value is None and skip_none:
+            continue
+        path = str(key).replace("-", "_").split(".")
+        if isinstance(value, Mapping):
+            node = out
+            for p in path:
+                child = node.get(p)
+                node[p] = dict(child) if isinstance(child, Mapping) else {}
+                node = node[p]
+            merged = deep_merge(node, value, skip_none=skip_none)
+            node.clear()
+            node.update(merged)
+        else:
+            set_path(out, path, value)
+    return out
+
+
 def merge_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     """A copy of ``data`` with every ``key.sub=value`` override applied in order."""
     out = dict(data)

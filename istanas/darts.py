@@ -22,7 +22,7 @@ from .config import ConfigError, from_dict
 from .data import DataConfig, Loaders, get_loaders
 from .engine import Meter, Progress, cycle, peak_memory_mb, resolve_device, to_device
 from .supernet import CELL_TYPES, ISTA_PRIMITIVES, DenseSuperNet, edge_offsets
-from .twostage import _preset_data, _run_search, cosine_lr, evaluate_loader, validate_common
+from .ista.twostage import _preset_data, _run_search, cosine_lr, evaluate_loader, validate_common
 
 
 @dataclass
@@ -207,7 +207,7 @@ def _genotype_changes(prev_json: Optional[str], g) -> int:
 def search(cfg: DartsConfig, data: Optional[Loaders] = None, report: Optional[Callable[[dict], None]] = None,
            checkpoint: Optional[Callable[[dict], None]] = None, resume: Optional[dict] = None,
            progress: bool = True, task_out: Optional[list] = None) -> dict:
-    """Run a first-order DARTS search; same signature and result record as :func:`istanas.twostage.search`."""
+    """Run a first-order DARTS search; same signature and result record as :func:`istanas.ista.twostage.search`."""
     cfg.validate()
     return _run_search("darts", cfg, lambda: DartsTask(cfg, loaders=data), report, checkpoint, resume, progress,
                        task_out)

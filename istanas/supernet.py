@@ -383,7 +383,7 @@ class SparseSuperNet(SuperNetBase):
         if isinstance(support_host, torch.Tensor):
             if support_host.device.type != "cpu":
                 raise ValueError("support_host: must be a CPU tensor (copy it once per recovery with "
-                                 "istanas.compressed.support_to_host); a device tensor would sync on every op")
+                                 "istanas.ista.compressed.support_to_host); a device tensor would sync on every op")
             sup = support_host.to(torch.int64).contiguous()
         else:
             sup = torch.as_tensor(support_host, dtype=torch.int64)

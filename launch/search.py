@@ -38,26 +38,26 @@ class Method:
 
 
 def _twostage():
-    from istanas.twostage import TwoStageConfig, preset_dict, search
+    from istanas.ista.twostage import TwoStageConfig, preset_dict, search
 
     return TwoStageConfig, lambda name: preset_dict(name, TwoStageConfig), search
 
 
 def _darts():
     from istanas.darts import DartsConfig, search
-    from istanas.twostage import preset_dict
+    from istanas.ista.twostage import preset_dict
 
     return DartsConfig, lambda name: preset_dict(name, DartsConfig), search
 
 
 def _tenas():
-    from istanas.tenas_search import TENAS_PRESETS, TenasJobConfig, run_job
+    from istanas.tenas.search import TENAS_PRESETS, TenasJobConfig, run_job
 
     return TenasJobConfig, lambda name: TENAS_PRESETS[name], run_job
 
 
 def _onestage():
-    from istanas.onestage import OneStageConfig, preset_dict, search
+    from istanas.ista.onestage import OneStageConfig, preset_dict, search
 
     return OneStageConfig, preset_dict, search
 
@@ -180,7 +180,7 @@ def _run(args: argparse.Namespace) -> int:
     kwargs = method.search_kwargs(cfg) if method.search_kwargs is not None else {}
     result = search(cfg, report=cli.metrics_logger(out, resume_epoch=done), checkpoint=cli.checkpoint_hook(out),
                     resume=state, progress=not args.no_progress, **kwargs)
-    from istanas.twostage import write_outputs
+    from istanas.ista.twostage import write_outputs
 
     paths = write_outputs(result, out)
     final = result["final"]

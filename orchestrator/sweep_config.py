@@ -515,8 +515,8 @@ def _apply_dotted(data: dict[str, Any], dotted: Mapping[str, Any], where: str) -
 
 
 def _twostage():
-    """``istanas.twostage`` (imported lazily: Ray workers and the CLI's --help do not need torch up front)."""
-    import istanas.twostage as ts
+    """``istanas.ista.twostage`` (imported lazily: Ray workers and the CLI's --help do not need torch up front)."""
+    import istanas.ista.twostage as ts
 
     return ts
 
@@ -546,7 +546,7 @@ def trial_overrides(cfg: SweepConfig, trial: Mapping[str, Any]) -> dict[str, Any
 
 
 def build_search_config(cfg: SweepConfig, trial: Mapping[str, Any], validate: bool = True):
-    """The :class:`istanas.twostage.TwoStageConfig` of one trial: preset < ``cfg.search`` < sampled values."""
+    """The :class:`istanas.ista.twostage.TwoStageConfig` of one trial: preset < ``cfg.search`` < sampled values."""
     ts = _twostage()
     data = _base_search_dict(cfg)
     data = _apply_dotted(data, flatten(cfg.search), "search")
@@ -608,9 +608,9 @@ def _validate_retrain_config(rcfg) -> None:
 
 
 def build_tenas_config(cfg: SweepConfig, image_size: int, num_classes: int):
-    """The :class:`istanas.tenas_search.TenasConfig` of the ``tenas`` objective (DARTS space, the search data's
+    """The :class:`istanas.tenas.search.TenasConfig` of the ``tenas`` objective (DARTS space, the search data's
     image size and classes) with ``cfg.tenas`` overrides."""
-    from istanas.tenas_search import TenasConfig
+    from istanas.tenas.search import TenasConfig
 
     base = {"space": "darts", "dataset": "cifar10", "num_classes": int(num_classes), "input_size": int(image_size),
             "device": "cpu"}

@@ -1,6 +1,6 @@
 """Distributed one-stage ISTA-NAS on Ray Train (V2): a ``TorchTrainer`` running the one-stage engine under DDP.
 
-This module is a thin adapter between :mod:`istanas.onestage` (the engine task and ``search``) and Ray Train's
+This module is a thin adapter between :mod:`istanas.ista.onestage` (the engine task and ``search``) and Ray Train's
 hooks; it adds no training logic of its own.
 
 Driver (:func:`run_distributed_search`)
@@ -70,7 +70,7 @@ NAMESPACE = "istanas"
 class DistSearchConfig(StoragePathMixin):
     """A distributed one-stage ISTA-NAS search on Ray Train.
 
-    ``search_preset`` + ``search`` (nested / dotted :class:`istanas.onestage.OneStageConfig` keys) give the search
+    ``search_preset`` + ``search`` (nested / dotted :class:`istanas.ista.onestage.OneStageConfig` keys) give the search
     config; ``global_batch_size`` (if set) is split evenly over the workers (``data.batch_size`` per worker =
     global / num_workers), otherwise ``search.data.batch_size`` is per worker.  ``num_workers`` ranks, each with
     ``cpus_per_worker`` CPUs (also its torch threads) and, with ``use_gpu``, ``gpus_per_worker`` GPUs, plus any
@@ -191,13 +191,13 @@ class DistSearchConfig(StoragePathMixin):
 
 def _onestage():
     """The one-stage engine module (imported lazily: the driver needs it only to validate)."""
-    from istanas import onestage
+    from istanas.ista import onestage
 
     return onestage
 
 
 def build_search_config(cfg: DistSearchConfig, device: Optional[str] = None):
-    """The :class:`istanas.onestage.OneStageConfig` of a job: preset < ``cfg.search`` < the per-worker batch, and
+    """The :class:`istanas.ista.onestage.OneStageConfig` of a job: preset < ``cfg.search`` < the per-worker batch, and
     ``device`` (the driver validates with ``"cpu"``; a worker passes its own device).  Validated.
 
     When the job joins a cluster and ``data.root`` is not visible from the driver (the data lives on the worker
@@ -286,7 +286,7 @@ def check_run(cfg: DistSearchConfig, resume: bool) -> None:
 
 # ---------------------------------------------------------------------------------------------- distributed hooks
 class TorchDistHooks:
-    """The engine's distributed hooks on ``torch.distributed`` (see :class:`istanas.onestage.DistHooks`).
+    """The engine's distributed hooks on ``torch.distributed`` (see :class:`istanas.ista.onestage.DistHooks`).
 
     ``wrap``: ``DistributedDataParallel(find_unused_parameters=True)`` (identity with one rank).
     ``broadcast_support``: rank 0's host support to every rank, over a gloo group (the main group when the backend
@@ -363,7 +363,7 @@ class TorchDistHooks:
             dist.barrier(group=self.group)
 
     def as_engine_hooks(self):
-        """The :class:`istanas.onestage.DistHooks` of these methods."""
+        """The :class:`istanas.ista.onestage.DistHooks` of these methods."""
         return _onestage().DistHooks(wrap=self.wrap, broadcast_support=self.broadcast_support,
                                      all_agree=self.all_agree, is_main=self.is_main)
 

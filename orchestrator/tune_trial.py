@@ -1,7 +1,7 @@
 """One Tune trial = one plain two-stage search, reporting through Tune.
 
 :func:`make_trainable` returns the function trainable the Tuner runs.  A trial builds its
-:class:`istanas.twostage.TwoStageConfig` (preset < ``sweep.search`` < the values Optuna sampled), restores the
+:class:`istanas.ista.twostage.TwoStageConfig` (preset < ``sweep.search`` < the values Optuna sampled), restores the
 search state from Tune's checkpoint when the trial is resumed, and calls ``search(cfg, report=..., checkpoint=...,
 resume=...)``.  The search calls ``checkpoint(state)`` and then ``report(metrics)`` once per epoch; the adapter
 turns each pair into one ``tune.report(metrics, checkpoint=Checkpoint)`` (the state saved with
@@ -64,7 +64,7 @@ def tenas_score(genotype: Any, sweep: SweepConfig, search_cfg: Any) -> dict[str,
     import torch
 
     from istanas.data import get_loaders
-    from istanas.tenas_search import score_genotype
+    from istanas.tenas.search import score_genotype
 
     if isinstance(genotype, (str, dict)):
         from spaces.genotype import load_genotype
@@ -202,9 +202,9 @@ def _load_resume() -> Optional[dict]:
 
 
 def default_search_fn(method: str) -> SearchFn:
-    """The plain search function of ``method`` (``twostage`` -> :func:`istanas.twostage.search`)."""
+    """The plain search function of ``method`` (``twostage`` -> :func:`istanas.ista.twostage.search`)."""
     if method == "twostage":
-        from istanas.twostage import search
+        from istanas.ista.twostage import search
 
         return search
     raise ValueError(f"method: unknown method {method!r}")
@@ -229,7 +229,7 @@ def run_trial(config: dict, sweep_dict: dict, search_fn: Optional[SearchFn] = No
 
 def make_trainable(sweep: SweepConfig, search_fn: Optional[SearchFn] = None) -> Callable[[dict], None]:
     """The function trainable of ``sweep``: ``istanas_trial(config)``.  ``search_fn`` replaces the method's
-    search function (same signature as :func:`istanas.twostage.search`; e.g. a short stand-in for orchestration
+    search function (same signature as :func:`istanas.ista.twostage.search`; e.g. a short stand-in for orchestration
     benchmarks); it must be importable or picklable by value on the workers."""
     sweep_dict = sweep.to_dict()
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from istanas import recovery as R
-from istanas.compressed import CompressedSpace, RecoveryConfig, support_to_host
+from istanas.ista import recovery as R
+from istanas.ista.compressed import CompressedSpace, RecoveryConfig, support_to_host
 from istanas.config import ConfigError
 
 K = 7

@@ -14,11 +14,11 @@ import pytest
 import torch
 from torch import nn
 
-from istanas.absorb import absorb, export, load_exported
-from istanas.compressed import CompressedSpace, RecoveryConfig
+from istanas.ista.absorb import absorb, export, load_exported
+from istanas.ista.compressed import CompressedSpace, RecoveryConfig
 from istanas.config import ConfigError
 from istanas.engine import run
-from istanas.onestage import (DistHooks, OneStageConfig, OneStageNet, OneStageTask, candidate_param_table, search,
+from istanas.ista.onestage import (DistHooks, OneStageConfig, OneStageNet, OneStageTask, candidate_param_table, search,
                               stop_decision)
 from istanas.supernet import ISTA_PRIMITIVES, SparseSuperNet
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from istanas import recovery as R
-from istanas.recovery import MosekUnavailableError, lasso, lasso_objective
+from istanas.ista import recovery as R
+from istanas.ista.recovery import MosekUnavailableError, lasso, lasso_objective
 
 LAM = 1e-5          # the reference's lambda
 M = 7               # the reference's m

@@ -1,7 +1,7 @@
 """End-to-end sweeps on a local Ray with 2 CPUs (slow): Optuna suggestions, ASHA, errors, retraining, resume.
 
 The searches are tiny (1-3 epochs of a 4-channel, 3-cell super-net on a slice of scikit-learn's digits).  Two
-tests use rigged stand-ins for the search function (same signature as ``istanas.twostage.search``) through the
+tests use rigged stand-ins for the search function (same signature as ``istanas.ista.twostage.search``) through the
 same orchestrator code path, so that ASHA's decision and a failing trial are deterministic.
 """
 from __future__ import annotations

@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from istanas.tenas import (count_distinct_rows, init_weights, linear_regions, ntk_condition_number,
+from istanas.tenas.indicators import (count_distinct_rows, init_weights, linear_regions, ntk_condition_number,
                            ntk_jacobian, ntk_jacobian_loop, ntk_kappa)
-from istanas.tenas_search import (DARTS_EDGES, DARTS_GROUPS, NB201_SEARCH_OPS, TenasConfig, arch_str_to_table_key,
+from istanas.tenas.search import (DARTS_EDGES, DARTS_GROUPS, NB201_SEARCH_OPS, TenasConfig, arch_str_to_table_key,
                                   correlation_study, dense_rank, digits_images, genotype_to_mask, parse_arch_str,
                                   round_sig, score_genotype, select_prunes, table_key_to_arch_str, tenas_search)
 

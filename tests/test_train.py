@@ -99,7 +99,7 @@ def test_two_workers_end_to_end_with_a_killed_worker(imagefolder, ray_local, tmp
     from spaces.genotype import load_genotype
 
     assert load_genotype(json.dumps(exported)).digest() == out.genotype_digest
-    from istanas.absorb import load_exported
+    from istanas.ista.absorb import load_exported
 
     net = load_exported(out.export_path)
     assert net(torch.zeros(2, 3, 32, 32))[0].shape == (2, N_CLASSES)
@@ -322,7 +322,7 @@ def test_dist_hooks_broadcast_rank0_support_and_stop_decision(tmp_path):
 def test_channels_last_wrap_keeps_outputs_and_parameters():
     """``wrap`` with channels_last (on CUDA by default; forced here on the CPU): same parameters (the optimiser
     still holds them), channels-last weights and inputs, the same logits."""
-    from istanas.onestage import OneStageConfig, OneStageTask
+    from istanas.ista.onestage import OneStageConfig, OneStageTask
     from orchestrator.train_onestage import TorchDistHooks
 
     cfg = OneStageConfig.preset("small", C=4, layers=3, device="cpu", auxiliary=False,

@@ -9,12 +9,12 @@ import sys
 import pytest
 import torch
 
-from istanas.compressed import CompressedSpace, RecoveryConfig
+from istanas.ista.compressed import CompressedSpace, RecoveryConfig
 from istanas.config import ConfigError, from_dict
 from istanas.darts import DartsConfig, darts_genotype
 from istanas.darts import search as darts_search
 from istanas.supernet import ISTA_PRIMITIVES
-from istanas.twostage import TwoStageConfig, genotype_from_support, search, write_outputs
+from istanas.ista.twostage import TwoStageConfig, genotype_from_support, search, write_outputs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "launch"))
@@ -271,7 +271,7 @@ def test_cli_search_resume_and_outputs(tmp_path, capsys):
 def test_one_host_transfer_per_recovery_on_cuda():
     import warnings
 
-    from istanas.twostage import HostRecovery
+    from istanas.ista.twostage import HostRecovery
 
     space = CompressedSpace(K, 4, RecoveryConfig(seed=1)).cuda()
     rec = HostRecovery(space)

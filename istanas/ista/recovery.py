@@ -26,7 +26,7 @@ Methods (``lasso(..., method=...)``):
     support of ~40 % of nodes) but does not affect the homotopy: the 8 reference nodes take ~15 breakpoints,
     ~3 ms cold and ~0.7 ms warm on one CPU thread, >10x faster than the reference's per-node CVXPY loop
     (benchmarks/bench_recovery.py).  Being launch-bound, it is slower on a GPU (~14 ms cold on an H100), see
-    ``RecoveryConfig.device`` in :mod:`istanas.compressed`.
+    ``RecoveryConfig.device`` in :mod:`istanas.ista.compressed`.
 ``"fista"``
     FISTA (Beck & Teboulle 2009) with gradient-based adaptive restart (O'Donoghue & Candes 2015), step 1/||A||_2^2,
     early stop on the relative change ||z_k+1 - z_k|| / ||z_k+1|| <= tol.

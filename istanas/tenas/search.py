@@ -63,7 +63,7 @@ from torch import nn
 
 from istanas.config import ConfigError
 from istanas.data import DataConfig
-from istanas.tenas import BN_COUPLINGS, init_weights, linear_regions_once, ntk_kappa
+from istanas.tenas.indicators import BN_COUPLINGS, init_weights, linear_regions_once, ntk_kappa
 from spaces.ops import (DARTS_PRIMITIVES, NB201_PRIMITIVES, FactorizedReduce, ReLUConvBN, ResNetBasicBlock,
                         build_op)
 

@@ -47,8 +47,8 @@ from typing import Any, Optional, Union
 import torch
 from torch import nn
 
-from .checkpoint import atomic_write_bytes, atomic_write_json, atomic_write_text
-from .supernet import CELL_TYPES, edge_offsets
+from ..checkpoint import atomic_write_bytes, atomic_write_json, atomic_write_text
+from ..supernet import CELL_TYPES, edge_offsets
 
 EXPORT_FORMAT = "istanas-onestage-export/1"
 _OP_KEY = re.compile(r"^cells\.(\d+)\.ops\.(\d+)\.(.+)$")
@@ -72,7 +72,7 @@ def _support_and_genotype(net, support_host: Optional[torch.Tensor]):
 
 @torch.no_grad()
 def absorb(net, support_host: Optional[torch.Tensor] = None) -> tuple[nn.Module, Any, torch.Tensor]:
-    """Eq. 12: the stand-alone network of a :class:`istanas.onestage.OneStageNet`'s support, all weights copied and
+    """Eq. 12: the stand-alone network of a :class:`istanas.ista.onestage.OneStageNet`'s support, all weights copied and
     each support op's final BN scaled by its coefficient.
 
     Args:
@@ -231,15 +231,15 @@ def export(task_or_parts: Union[Any, tuple], out_dir: str, *, onnx: bool = True,
            extra: Optional[dict] = None) -> dict[str, str]:
     """Fold (:func:`absorb`) and write the stand-alone model into ``out_dir``; returns ``{kind: path}``.
 
-    ``task_or_parts``: a :class:`istanas.onestage.OneStageTask` (its net, config, stop epochs and input
-    normalisation are recorded), a :class:`istanas.onestage.OneStageNet`, or ``(net, support_host)``.
+    ``task_or_parts``: a :class:`istanas.ista.onestage.OneStageTask` (its net, config, stop epochs and input
+    normalisation are recorded), a :class:`istanas.ista.onestage.OneStageNet`, or ``(net, support_host)``.
     Files (each written atomically): ``genotype.json``, ``model.safetensors``, ``model.pt`` (state dict,
     ``weights_only``), ``model.onnx`` (unless ``onnx=False``) and ``export.json``.  The exported weights are float32
     (the model is folded in the net's dtype, then converted).  ``extra``: more entries for ``export.json``.
     """
     from safetensors.torch import save as st_save
 
-    from .config import to_dict
+    from ..config import to_dict
     from .onestage import OneStageNet
 
     task = None
@@ -288,7 +288,7 @@ def export(task_or_parts: Union[Any, tuple], out_dir: str, *, onnx: bool = True,
     }
     if task is not None:
         train = getattr(task.loaders, "train", None)
-        from .data import MEAN_STD
+        from ..data import MEAN_STD
 
         for j, attr in enumerate(("mean", "std")):
             v = getattr(train, attr, None)

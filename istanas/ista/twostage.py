@@ -43,12 +43,12 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import torch
 from torch import nn
 
-from .checkpoint import atomic_write_json, atomic_write_text, seed_everything
+from ..checkpoint import atomic_write_json, atomic_write_text, seed_everything
 from .compressed import CompressedSpace, RecoveryConfig, support_to_host
-from .config import ConfigError, check, from_dict, to_dict
-from .data import DataConfig, Loaders, get_loaders
-from .engine import Meter, Progress, cycle, peak_memory_mb, resolve_device, run, to_device
-from .supernet import CELL_TYPES, ISTA_PRIMITIVES, SparseSuperNet
+from ..config import ConfigError, check, from_dict, to_dict
+from ..data import DataConfig, Loaders, get_loaders
+from ..engine import Meter, Progress, cycle, peak_memory_mb, resolve_device, run, to_device
+from ..supernet import CELL_TYPES, ISTA_PRIMITIVES, SparseSuperNet
 
 RECOVER_EVERY = ("step", "epoch")
 

@@ -10,7 +10,7 @@ low-dimensional variable b_{t,i} = A_{t,i} z_{t,i} in R^{m_i} (paper Sec. 3):
   columns, the usual compressed-sensing choice).
 * E_{t,i} = A^T A - I (the residual of A^T A to the identity, paper Eq. before 9).
 * z = argmin 1/2 ||A z - b||^2 + lambda ||z||_1 (Eq. 9), recovered for all nodes of all cell types in one padded
-  batch by :func:`istanas.recovery.lasso`, warm-started from the previous z.
+  batch by :func:`istanas.ista.recovery.lasso`, warm-started from the previous z.
 * Support S: top-s |z| per node (default), or s distinct input edges with their best op (DARTS's genotype rule).
 * Coefficients on S (Eq. 11): c = b^T A_S - z_S^T E_SS, z treated as a constant, so that gradients reach b only.
 
@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from istanas.config import ConfigError
-from istanas.recovery import METHODS, lasso
+from istanas.ista.recovery import METHODS, lasso
 
 __all__ = ["RecoveryConfig", "CompressedSpace", "support_to_host", "MATRICES", "SUPPORTS"]
 
@@ -48,7 +48,7 @@ class RecoveryConfig:
         s: support size per node (reference and DARTS: 2), 1 <= s <= n_i.
         m: rows of A per node: one value for all nodes or a list with one value per node, 1 <= m_i <= n_i
             (reference: 7).
-        method: LASSO method of :func:`istanas.recovery.lasso` ("homotopy" exact batched default, "fista",
+        method: LASSO method of :func:`istanas.ista.recovery.lasso` ("homotopy" exact batched default, "fista",
             "ista", "cvxpy").
         max_iter, tol: passed to the method (None: the method's default).
         matrix: "uniform" (reference: U[0,1), unnormalised) or "gaussian" (N(0,1), unit-norm columns).

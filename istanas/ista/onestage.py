@@ -11,7 +11,7 @@ Algorithm 2 (paper, "One-stage ISTA-NAS, for both search and evaluation")::
         5-6: if searching and ||z_new - z_old|| <= epsilon: release gamma / beta; stop searching
         8:   update W_S on the TRAINING loss
         9-10: if searching: update b on the same TRAINING loss (single level, no validation half)
-    13: fold the coefficients into the BNs (Eq. 12; :mod:`istanas.absorb`)
+    13: fold the coefficients into the BNs (Eq. 12; :mod:`istanas.ista.absorb`)
 
 How this implementation reads it (each choice is a setting; the default is named):
 
@@ -68,10 +68,10 @@ import torch
 from torch import nn
 
 from .compressed import CompressedSpace, RecoveryConfig
-from .config import ConfigError, check, from_dict
-from .data import DataConfig, Loaders, get_loaders
-from .engine import Meter, Progress, autocast, peak_memory_mb, resolve_device, to_device
-from .supernet import CELL_TYPES, ISTA_PRIMITIVES, SparseSuperNet, SupportPlan
+from ..config import ConfigError, check, from_dict
+from ..data import DataConfig, Loaders, get_loaders
+from ..engine import Meter, Progress, autocast, peak_memory_mb, resolve_device, to_device
+from ..supernet import CELL_TYPES, ISTA_PRIMITIVES, SparseSuperNet, SupportPlan
 from .twostage import (RECOVER_EVERY, HostRecovery, _churn, _preset_data, _run_search, cosine_lr, evaluate_loader,
                        genotype_from_support, validate_common, validate_recovery)
 
@@ -639,7 +639,7 @@ class OneStageTask:
 
     # ---------------------------------------------------------------------------------------------- results
     def genotype(self):
-        """The genotype of the current support (:func:`istanas.twostage.genotype_from_support`)."""
+        """The genotype of the current support (:func:`istanas.ista.twostage.genotype_from_support`)."""
         return genotype_from_support(self.support_host, self.space.z, ISTA_PRIMITIVES, self.cfg.steps)
 
     def stop_report(self) -> dict[str, Any]:
@@ -658,10 +658,10 @@ def search(cfg: OneStageConfig, data: Optional[Loaders] = None, report: Optional
            export_dir: Optional[str] = None) -> dict:
     """Run one-stage ISTA-NAS (search, then training of the fixed architecture) on the engine.
 
-    Mirrors :func:`istanas.twostage.search`: ``data`` loaders (default ``get_loaders(cfg.data, "train",
+    Mirrors :func:`istanas.ista.twostage.search`: ``data`` loaders (default ``get_loaders(cfg.data, "train",
     cfg.seed)``), ``report(metrics)`` / ``checkpoint(state)`` after every epoch, ``resume`` such a state (also
     across the search-to-train switch), ``task_out`` receives the task, ``dist`` the :class:`DistHooks`.
-    ``export_dir``: write the absorbed stand-alone model there (:func:`istanas.absorb.export`; main rank only).
+    ``export_dir``: write the absorbed stand-alone model there (:func:`istanas.ista.absorb.export`; main rank only).
     Returns the two-stage record (``method``, ``genotype``, ``genotype_json``, ``genotype_digest``, ``history``,
     ``final``, ``wall_time_s``, ``support``, ``config``, ``device``) plus ``stop_epochs``, ``forced``,
     ``switch_epoch``, ``search_finished``, ``rejections``, ``params`` (stand-alone network, auxiliary head
