@@ -48,6 +48,8 @@ class DartsConfig:
     seed: int = 0
     device: str = "auto"
     deterministic: bool = True           # CUDA: deterministic algorithms (same seed and device -> same genotype)
+    bf16: bool = False                   # bf16 autocast of the forward (CUDA only; DARTS searched in fp32)
+    channels_last: bool = False          # channels-last memory format (CUDA only)
     out: str = "runs/search-darts"
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {

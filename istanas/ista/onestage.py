@@ -128,6 +128,7 @@ class OneStageConfig:
     label_smoothing: float = 0.0
     eval_every: int = 1
     bf16: bool = True
+    channels_last: bool = True           # channels-last memory format (CUDA only)
     record_supports: bool = False
     seed: int = 0
     device: str = "auto"

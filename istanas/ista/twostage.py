@@ -94,6 +94,8 @@ class TwoStageConfig:
     seed: int = 0
     device: str = "auto"
     deterministic: bool = True
+    bf16: bool = False                   # bf16 autocast of the forward (CUDA only; the paper searched in fp32)
+    channels_last: bool = False          # channels-last memory format (CUDA only)
     out: str = "runs/search-twostage"
 
     def validate(self) -> None:
