@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import math
 import os
 import platform
 import sys
@@ -33,14 +34,17 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+import torch  # noqa: E402
+
 from istanas.checkpoint import atomic_write_json  # noqa: E402
+from istanas.search import run_search  # noqa: E402
+from orchestrator.sweep import run_sweep  # noqa: E402
 from orchestrator.sweep_config import build_search_config, load_sweep_config  # noqa: E402
 
 
-def short_search(cfg, data=None, report=None, checkpoint=None, resume=None, progress=False):
-    """A stand-in for the two-stage search (same signature): ``cfg.epochs`` epochs of ``SHORT_EPOCH_S`` seconds."""
-    import math
-
+def short_search(cfg, *, data=None, on_epoch_end=None, resume=None, progress=False):
+    """A stand-in for the two-stage search (``orchestrator.tune_trial.SearchFn``): ``cfg.epochs`` epochs of
+    ``ISTANAS_BENCH_EPOCH_S`` seconds."""
     epoch_s = float(os.environ.get("ISTANAS_BENCH_EPOCH_S", "0.2"))
     hist = []
     for e in range(cfg.epochs):
@@ -48,10 +52,8 @@ def short_search(cfg, data=None, report=None, checkpoint=None, resume=None, prog
         acc = 0.5 + 0.1 * e - 0.01 * abs(math.log10(cfg.recovery.lam) + 3)
         m = {"epoch": e + 1, "val_acc": acc, "val_loss": 1 - acc, "support_churn": 0.0}
         hist.append(m)
-        if checkpoint:
-            checkpoint({"epoch": e + 1, "task": {}, "history": hist, "done": e + 1 == cfg.epochs})
-        if report:
-            report(dict(m))
+        if on_epoch_end:
+            on_epoch_end(dict(m), {"epoch": e + 1, "task": {}, "history": hist, "done": e + 1 == cfg.epochs})
     g = {"space": "darts", "normal": [["skip_connect", i % 2] for i in range(8)], "normal_concat": [2, 3, 4, 5],
          "reduce": [["max_pool_3x3", i % 2] for i in range(8)], "reduce_concat": [2, 3, 4, 5]}
     return {"genotype": g, "history": hist, "final": {}}
@@ -59,10 +61,6 @@ def short_search(cfg, data=None, report=None, checkpoint=None, resume=None, prog
 
 def bench_overhead(args, root: str) -> dict:
     import ray
-    import torch
-
-    from istanas.ista.twostage import search
-    from orchestrator.sweep import run_sweep
 
     overrides = [f"storage_path={root}", "name=overhead", f"num_samples={args.trials}",
                  f"max_concurrent={args.concurrent}", "asha.enabled=false", "retrain.top_k=0", "dashboard=false",
@@ -86,7 +84,7 @@ def bench_overhead(args, root: str) -> dict:
         for c in configs:
             c = {k: (int(v) if k in ("s", "m") or k.startswith("m_") else float(v)) for k, v in c.items()}
             s0 = time.perf_counter()
-            search(build_search_config(cfg, c), progress=False)
+            run_search(cfg.method, build_search_config(cfg, c), progress=False)
             times.append(time.perf_counter() - s0)
         return times
 
@@ -112,8 +110,6 @@ def bench_throughput(args, root: str) -> dict:
     import pandas as pd
     import ray
     from ray.cluster_utils import Cluster
-
-    from orchestrator.sweep import run_sweep
 
     os.environ["ISTANAS_BENCH_EPOCH_S"] = str(args.short_epoch_s)
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})

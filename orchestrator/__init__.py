@@ -1,12 +1,15 @@
-"""Ray orchestration of ISTA-NAS: a Tune + Optuna sweep over two-stage searches, a post-processing actor that
-retrains the top-k genotypes, and the aggregated results table and report.
+"""Ray orchestration of ISTA-NAS: a Tune + Optuna sweep of searches, a post-processing actor that retrains the
+top-k genotypes, the results table and report, and the one-stage search on Ray Train.
 
-* :mod:`orchestrator.sweep_config`  the typed, validated sweep config (no Ray needed)
-* :mod:`orchestrator.tune_trial`    one trial = the plain two-stage search reporting through Tune
-* :mod:`orchestrator.sweep`         the driver: ``run_sweep`` (Tuner, OptunaSearch, ASHA, restore, callback)
-* :mod:`orchestrator.postprocess`   the named post-processing actor, retraining tasks, the results table
-* :mod:`orchestrator.report`        Markdown/HTML report, plots, Optuna parameter importances
-* :mod:`orchestrator.metrics`       custom ``ray.util.metrics`` for the dashboard
+* :mod:`orchestrator.sweep_config`   the typed, validated sweep config (no Ray needed)
+* :mod:`orchestrator.cluster`        Ray start / join, py_modules, storage URIs (sweep and Ray Train)
+* :mod:`orchestrator.tune_trial`     one trial = one search reporting through Tune
+* :mod:`orchestrator.sweep`          the driver: ``run_sweep`` (Tuner, OptunaSearch, ASHA, restore, callback)
+* :mod:`orchestrator.postprocess`    the named post-processing actor and its retraining tasks
+* :mod:`orchestrator.results`        the results table (pure pandas)
+* :mod:`orchestrator.report`         Markdown/HTML report, plots, Optuna parameter importances
+* :mod:`orchestrator.metrics`        custom ``ray.util.metrics`` for the dashboard
+* :mod:`orchestrator.train_onestage` the distributed one-stage search on Ray Train
 
 Only the config module is imported here, so that ``import orchestrator`` stays light (no Ray, no torch).
 """

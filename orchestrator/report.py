@@ -19,6 +19,11 @@ import math
 import os
 from typing import Any, Optional
 
+import spaces.plot as sp
+from istanas.checkpoint import atomic_write_text
+from spaces.registry import load_genotype
+
+from .results import best_row
 from .sweep_config import INT_PARAMS, SweepConfig
 
 FIG_DIR = "figures"
@@ -181,10 +186,7 @@ def plot_importances(imp: Optional[dict[str, float]], path: str) -> Optional[str
 def plot_cells(genotype_json: str, folder: str, digest: str) -> list[str]:
     """Pictures of the normal and reduction cell (``spaces.plot``); ``[]`` when they cannot be drawn."""
     try:
-        from spaces.genotype import load_genotype
-
         g = load_genotype(genotype_json)
-        import spaces.plot as sp
     except Exception:
         return []
     os.makedirs(folder, exist_ok=True)
@@ -237,10 +239,6 @@ def _html_table(headers: list[str], rows: list[list[str]]) -> str:
 
 def write_report(df, out_dir: str, cfg: SweepConfig) -> tuple[str, str]:
     """Write ``report.md``, ``report.html`` and the figures under ``out_dir``; returns the two report paths."""
-    from istanas.checkpoint import atomic_write_text
-
-    from .postprocess import best_row
-
     figs = os.path.join(out_dir, FIG_DIR)
     os.makedirs(figs, exist_ok=True)
     params = cfg.tune_param_names()

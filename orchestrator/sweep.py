@@ -11,9 +11,9 @@
    ``OptunaSearch`` (TPE, seeded) behind a ``ConcurrencyLimiter``, an ``ASHAScheduler`` over search epochs,
    trial checkpoints kept by Tune, ``RunConfig(storage_path, name)``; or ``Tuner.restore`` of the same
    experiment (searcher state included) with ``resume``;
-5. a Tune :class:`SweepCallback` keeps the custom metrics and streams finished trials to the actor, and prints a
-   line per finished trial; at the end the full ``ResultGrid`` goes to the actor too, which retrains the top-k
-   and writes the table and report.
+5. a Tune :class:`SweepCallback` keeps the custom metrics and prints a line per finished trial; at the end the
+   records of the whole ``ResultGrid`` go to the actor once, which retrains the top-k and writes the table and
+   report.
 """
 from __future__ import annotations
 
@@ -26,8 +26,9 @@ from typing import Any, Callable, Optional
 from istanas.config import ConfigError
 from ray.tune import Callback
 
+from .cluster import exists, init_ray, read_text, write_text
 from .metrics import SweepMetrics
-from .postprocess import NAMESPACE, actor_name, create_postprocessor, record_from_result, record_from_trial
+from .postprocess import create_postprocessor, record_from_result
 from .sweep_config import INT_PARAMS, LOG_DEFAULT, SweepConfig, build_search_config
 from .tune_trial import make_trainable
 
@@ -84,16 +85,14 @@ def trial_name(trial: Any) -> str:
 
 # ------------------------------------------------------------------------------------------------ Tune callback
 class SweepCallback(Callback):
-    """Tune callback: custom metrics, finished trials to the actor, one terminal line per finished trial.  It holds
-    only names (the actor is looked up by name), so Tune can pickle it with the experiment and
-    ``Tuner.restore`` brings it back."""
+    """Tune callback: custom metrics and one terminal line per finished trial.  It holds only names, so Tune can
+    pickle it with the experiment and ``Tuner.restore`` brings it back."""
 
     def __init__(self, name: str, total: int, echo: bool = True):
         self.name = name
         self.total = total
         self.echo = echo
         self.metrics = SweepMetrics(name)
-        self._actor = None
         self._finished: set[str] = set()
 
     def __getstate__(self) -> dict:
@@ -101,16 +100,6 @@ class SweepCallback(Callback):
 
     def __setstate__(self, state: dict) -> None:
         self.__init__(state["name"], state["total"], state["echo"])
-
-    def _send(self, trial: Any) -> None:
-        import ray
-
-        if self._actor is None:
-            try:
-                self._actor = ray.get_actor(actor_name(self.name), namespace=NAMESPACE)
-            except ValueError:
-                return
-        self._actor.add_trial.remote(record_from_trial(trial))
 
     def _running(self, trials: list) -> None:
         self.metrics.trials_running(sum(1 for t in trials if t.status == "RUNNING"))
@@ -129,7 +118,6 @@ class SweepCallback(Callback):
             return
         self._finished.add(trial.trial_id)
         self.metrics.trial_finished(status)
-        self._send(trial)
         if self.echo:
             r = trial.last_result or {}
             done = sum(1 for t in trials if t.status in ("TERMINATED", "ERROR") and t is not trial) + 1
@@ -188,20 +176,11 @@ def build_tuner(cfg: SweepConfig, *, search_fn: Optional[Callable] = None, echo:
 
 
 # ----------------------------------------------------------------------------------------- experiment folder
-def _fs(path: str):
-    import pyarrow.fs as pafs
-
-    return pafs.FileSystem.from_uri(path)
-
-
 def experiment_exists(cfg: SweepConfig) -> bool:
     if not cfg.is_uri:
         p = cfg.experiment_path
         return os.path.isdir(p) and any(n != "results" for n in os.listdir(p))
-    import pyarrow.fs as pafs
-
-    fs, p = _fs(cfg.experiment_path)
-    return fs.get_file_info(p).type != pafs.FileType.NotFound
+    return exists(cfg.experiment_path)
 
 
 def can_restore(cfg: SweepConfig) -> bool:
@@ -222,71 +201,17 @@ def check_experiment(cfg: SweepConfig, resume: bool) -> None:
 
 
 def save_sweep_config(cfg: SweepConfig) -> None:
-    text = json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n"
-    path = f"{cfg.experiment_path}/{CONFIG_NAME}"
-    if cfg.is_uri:
-        fs, p = _fs(path)
-        with fs.open_output_stream(p) as f:
-            f.write(text.encode())
-        return
-    from istanas.checkpoint import atomic_write_text
-
-    atomic_write_text(path, text)
+    write_text(f"{cfg.experiment_path}/{CONFIG_NAME}", json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n")
 
 
 def load_saved_config(storage_path: str, name: str) -> Optional[dict]:
     """The config a sweep was started with (``<storage>/<name>/sweep_config.json``), or None."""
     cfg = SweepConfig(name=name, storage_path=storage_path)
-    path = f"{cfg.experiment_path}/{CONFIG_NAME}"
     try:
-        if cfg.is_uri:
-            fs, p = _fs(path)
-            with fs.open_input_stream(p) as f:
-                return json.loads(f.read().decode())
-        if not os.path.isfile(path):
-            return None
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        text = read_text(f"{cfg.experiment_path}/{CONFIG_NAME}")
+        return json.loads(text) if text is not None else None
     except (OSError, json.JSONDecodeError):
         return None
-
-
-# -------------------------------------------------------------------------------------------------------- ray
-def _package_dirs() -> list[str]:
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    return [os.path.join(root, p) for p in ("istanas", "spaces", "orchestrator")
-            if os.path.isdir(os.path.join(root, p))]
-
-
-def init_ray(cfg: SweepConfig, echo: bool = True) -> bool:
-    """Start an embedded local Ray or join ``cfg.address`` / ``RAY_ADDRESS``; returns True when this call
-    started (and so should shut down) Ray.  Token authentication stays as Ray sets it up."""
-    import ray
-
-    # Tune forces an experiment snapshot whenever a trial has written keep_checkpoints checkpoints since the
-    # last one (what makes --resume exact); its warning about that is noise here.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    if ray.is_initialized():
-        return False
-    address = cfg.address or os.environ.get("RAY_ADDRESS") or None
-    if address:
-        ctx = ray.init(address=address, namespace=NAMESPACE, log_to_driver=True,
-                       runtime_env={"py_modules": _package_dirs(),
-                                    "env_vars": {"PYTHONUNBUFFERED": "1"}})
-    else:
-        ctx = ray.init(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, include_dashboard=cfg.dashboard,
-                       dashboard_host=cfg.dashboard_host, dashboard_port=cfg.dashboard_port,
-                       namespace=NAMESPACE, log_to_driver=True)
-    if echo:
-        url = getattr(ctx, "dashboard_url", None)
-        where = f"cluster at {address}" if address else "local Ray"
-        res = ray.cluster_resources()
-        print(f"[sweep {cfg.name}] {where}: {res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs", flush=True)
-        if url:
-            print(f"[sweep {cfg.name}] Ray dashboard: http://{url} (token auth is on: `ray get-auth-token` prints "
-                  f"the token it asks for); custom metrics ray_istanas_sweep_* on each node's Prometheus "
-                  f"metrics port", flush=True)
-    return True
 
 
 # ------------------------------------------------------------------------------------------------------ driver
@@ -316,7 +241,11 @@ def run_sweep(cfg: SweepConfig, *, resume: bool = False, search_fn: Optional[Cal
     if validate:
         cfg.validate()
     check_experiment(cfg, resume)
-    started = init_ray(cfg, echo)
+    # Tune forces an experiment snapshot whenever a trial has written keep_checkpoints checkpoints since the
+    # last one (what makes --resume exact); its warning about that is noise here.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    started = init_ray(cfg, echo=echo, tag="sweep",
+                       dashboard_note="; custom metrics ray_istanas_sweep_* on each node's Prometheus metrics port")
     import ray
 
     actor = None
@@ -329,11 +258,10 @@ def run_sweep(cfg: SweepConfig, *, resume: bool = False, search_fn: Optional[Cal
         grid = tuner.fit()
         tune_s = time.perf_counter() - t1
         records = [record_from_result(r) for r in grid]
-        ray.get(actor.add_trials.remote(records))
         if echo:
             print(f"[sweep {cfg.name}] {len(records)} trials in {tune_s:.1f} s; post-processing "
                   f"(retrain top-{cfg.retrain.top_k} x {len(cfg.retrain.seeds)} seeds)", flush=True)
-        summary = ray.get(actor.finalize.remote())
+        summary = ray.get(actor.finalize.remote(records))
     finally:
         if actor is not None:
             try:
@@ -343,13 +271,12 @@ def run_sweep(cfg: SweepConfig, *, resume: bool = False, search_fn: Optional[Cal
         if started:
             ray.shutdown()
     wall = time.perf_counter() - t0
-    out = SweepOutcome(experiment_path=cfg.experiment_path, table_csv=summary["table_csv"],
+    return SweepOutcome(experiment_path=cfg.experiment_path, table_csv=summary["table_csv"],
                        table_parquet=summary["table_parquet"], report_md=summary["report_md"],
                        report_html=summary["report_html"], best_genotype_path=summary["best_genotype_path"],
                        best=summary["best"], num_trials=summary["num_trials"], num_errors=summary["num_errors"],
                        tune_time_s=tune_s, wall_time_s=wall, summary=summary)
-    return out
 
 
-__all__ = ["run_sweep", "build_tuner", "param_space", "search_epochs", "init_ray", "check_experiment",
+__all__ = ["run_sweep", "build_tuner", "param_space", "search_epochs", "check_experiment",
            "load_saved_config", "save_sweep_config", "SweepCallback", "SweepOutcome", "CONFIG_NAME"]

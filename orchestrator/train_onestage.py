@@ -1,45 +1,22 @@
-"""Distributed one-stage ISTA-NAS on Ray Train (V2): a ``TorchTrainer`` running the one-stage engine under DDP.
+"""Distributed one-stage ISTA-NAS (Algorithm 2) on Ray Train V2: a ``TorchTrainer`` running the one-stage search
+(``run_search("onestage", ...)``) under DDP, one rank per worker.
 
-This module is a thin adapter between :mod:`istanas.ista.onestage` (the engine task and ``search``) and Ray Train's
-hooks; it adds no training logic of its own.
+Driver (:func:`run_distributed_search`): validate the job (:class:`DistSearchConfig`) and its run folder before
+``ray.init``, start or join Ray (:mod:`orchestrator.cluster`), fit the ``TorchTrainer`` (gloo on CPU, NCCL on GPU);
+rerunning the same ``name`` / ``storage_path`` resumes from the run's latest checkpoint.
 
-Driver (:func:`run_distributed_search`)
-    1. validate the job config (:class:`DistSearchConfig`, including the one-stage config it builds) and the run
-       folder (fresh: must not exist; ``resume``: must exist) -- all before ``ray.init``;
-    2. start an embedded local Ray (dashboard on 127.0.0.1, token auth as Ray sets it up) or join ``address``
-       (the code travels as ``runtime_env`` py_modules);
-    3. ``TorchTrainer(train_loop_per_worker, ScalingConfig(num_workers, use_gpu, resources_per_worker),
-       RunConfig(name, storage_path, FailureConfig(max_failures), CheckpointConfig(num_to_keep)),
-       TorchConfig(backend = nccl on GPU, gloo on CPU)).fit()``.  Rerunning with the same ``name`` and
-       ``storage_path`` resumes from the run's latest checkpoint (Ray Train V2's restore; ``TorchTrainer.restore``
-       is deprecated).
-
-Worker (:func:`train_loop_per_worker`), one per rank
-    * rank / world size from ``ray.train.get_context()``; the device from ``ray.train.torch.get_device()``;
-    * :class:`TorchDistHooks` (the engine's ``DistHooks``): the model (super-net + compressed space b, one
-      ``nn.Module``) wrapped in ``DistributedDataParallel(find_unused_parameters=True)`` (only the support ops run),
-      so the gradients of W and of b are all-reduced and b stays identical on every rank; after every recovery
-      rank 0's support is broadcast (over a gloo group, so no device sync even under NCCL) and every rank counts
-      how often its own recovery disagreed (``support_mismatches``, expected 0: the recovery is deterministic
-      given identical b); the epsilon stop is rank 0's decision, broadcast;
-    * the training data sharded by rank (:func:`istanas.data.get_loaders` with ``rank``/``world_size``; a
-      ``DistributedSampler`` on ImageNet); the test set too (``shard_eval``), its loss / accuracy all-reduced;
-    * resume from ``ray.train.get_checkpoint()`` (``state.pt``, loaded with ``weights_only=True``);
-    * after every epoch one ``ray.train.report(metrics, checkpoint=...)`` on every rank (it is a barrier); rank 0
-      attaches the engine state (weights, b, A, optimisers, scaler, epoch, search flag, support, RNG) saved with
-      :func:`istanas.checkpoint.save`.  The metrics carry ``images_per_s`` (global) and ``peak_mem_mb`` (GPU:
-      ``max_memory_allocated``; CPU: the process's max RSS), kept with the run (Ray Train's metrics of each
-      checkpoint, ``reports.json``), exported as Prometheus gauges per rank (:class:`TrainGauges`, the dashboard's
-      Metrics view) and printed by rank 0;
-    * at the end rank 0 exports the stand-alone network (the coefficients folded into BatchNorm, Eq. 12), its
-      genotype and ONNX into ``<storage>/<name>/export`` and reports a final checkpoint with the result.
-
-Testing hooks (config fields, off by default): ``fail_at_epoch`` / ``fail_rank`` / ``fail_marker`` make one rank
-exit abruptly (``os._exit``) once, before its report of that epoch; ``record_dir`` makes every rank write the host
-support of every step and its final genotype there.
+Worker (:func:`train_loop_per_worker`): the training set sharded by rank (``get_loaders(rank, world_size)``), the
+test set too (``shard_eval``; loss / accuracy all-reduced); :class:`TorchDistHooks` wrap the one-stage net with
+``ray.train.torch.prepare_model`` (DDP, ``find_unused_parameters``; re-wrapped whenever nodes stop), broadcast rank
+0's support after every recovery and rank 0's epsilon-stop decision.  After every epoch one
+``ray.train.report(metrics, checkpoint=...)`` on every rank; rank 0 attaches the engine state (``state.pt``) and
+the per-epoch metrics so far (``reports.json``: Ray Train keeps only the metrics of its last checkpoints).  At the
+end rank 0 exports the stand-alone network (Eq. 12) into ``<storage>/<name>/export``.  ``record_dir`` (debugging)
+makes every rank write the support of every training step, its b and its genotype there.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -52,17 +29,23 @@ from typing import Any, Callable, Optional
 import torch
 
 from istanas import checkpoint as ckpt
-from istanas.config import ConfigError, check, from_dict, to_dict
+from istanas.config import ConfigError, check, deep_merge, from_dict, to_dict
+from istanas.data import StreamLoader, TensorLoader, get_loaders
+from istanas.ista.onestage import DistHooks, OneStageConfig
+from istanas.search import run_search
 
-from .sweep_config import _NAME_RE, StoragePathMixin, is_storage_uri
+from .cluster import cluster_address, copy_dir, exists, init_ray
+from .results import scalar_metrics
+from .sweep_config import _NAME_RE, StoragePathMixin
 
 STATE_FILE = "state.pt"
 REPORTS_FILE = "reports.json"
 RESULT_FILE = "result.json"
 EXPORT_DIR = "export"
 RECORD_PREFIX = "supports"
-NAMESPACE = "istanas"
-
+#: ``before_report(rank, epoch, metrics)``: a worker-side hook called before every epoch's report (tests use it
+#: to kill a worker at a chosen epoch).
+BeforeReport = Callable[[int, int, dict], None]
 
 
 # ------------------------------------------------------------------------------------------------------ config
@@ -81,7 +64,7 @@ class DistSearchConfig(StoragePathMixin):
     (null = all), its dashboard on ``dashboard_host``.  ``timeout_s``: the process-group timeout.
     ``shard_eval``: every rank evaluates 1/num_workers of the test set and the loss / accuracy are all-reduced
     (weighted by images; a remainder of fewer than num_workers images is left out), instead of every rank
-    evaluating all of it.
+    evaluating all of it.  ``record_dir``: see the module doc.
     """
 
     name: str = "istanas-imagenet"
@@ -105,12 +88,7 @@ class DistSearchConfig(StoragePathMixin):
     dashboard_host: str = "127.0.0.1"
     dashboard_port: int = 8265
     verbose: bool = True
-    # testing / debugging: see the module doc
-    fail_at_epoch: Optional[int] = None
-    fail_rank: int = 1
-    fail_marker: Optional[str] = None
-    fail_delay_s: float = 3.0
-    record_dir: Optional[str] = None
+    record_dir: Optional[str] = None    # debugging: see the module doc
 
     # ------------------------------------------------------------------------------------------- derived
     @property
@@ -168,32 +146,16 @@ class DistSearchConfig(StoragePathMixin):
               "dashboard_host: an interface such as 127.0.0.1")
         check(isinstance(self.dashboard_port, int) and 0 < self.dashboard_port < 65536,
               f"dashboard_port: must be in 1..65535, got {self.dashboard_port!r}")
-        if self.fail_at_epoch is not None:
-            pos_int("fail_at_epoch")
-            check(0 <= self.fail_rank < self.num_workers,
-                  f"fail_rank: must be in 0..{self.num_workers - 1}, got {self.fail_rank!r}")
-            check(bool(self.fail_marker), "fail_marker: a file path is needed with fail_at_epoch (the failure "
-                                          "happens once: when the marker does not exist yet)")
-            check(isinstance(self.fail_delay_s, (int, float)) and 0 <= self.fail_delay_s <= 600,
-                  f"fail_delay_s: must be in [0, 600] seconds, got {self.fail_delay_s!r}")
         if self.use_gpu and self.address is None and not os.environ.get("RAY_ADDRESS"):
             n = torch.cuda.device_count()
             need = self.num_workers * self.gpus_per_worker
             check(n >= need, f"use_gpu: {self.num_workers} workers x {self.gpus_per_worker} GPUs need {need:g} "
                              f"GPUs, but this machine has {n}; use fewer workers, drop --use-gpu, or join a "
                              f"cluster with --address")
-        scfg = build_search_config(self, device="cpu")
-        del scfg
+        build_search_config(self, device="cpu")
 
     def on_cluster(self) -> bool:
-        return bool(self.address or os.environ.get("RAY_ADDRESS"))
-
-
-def _onestage():
-    """The one-stage engine module (imported lazily: the driver needs it only to validate)."""
-    from istanas.ista import onestage
-
-    return onestage
+        return cluster_address(self) is not None
 
 
 def build_search_config(cfg: DistSearchConfig, device: Optional[str] = None):
@@ -203,8 +165,7 @@ def build_search_config(cfg: DistSearchConfig, device: Optional[str] = None):
     When the job joins a cluster and ``data.root`` is not visible from the driver (the data lives on the worker
     nodes), the root is checked by the workers instead.
     """
-    os_mod = _onestage()
-    overrides = _nested(cfg.search)
+    overrides = deep_merge({}, cfg.search, skip_none=False)
     data = dict(overrides.get("data") or {})
     if cfg.global_batch_size is not None:
         data["batch_size"] = cfg.global_batch_size // cfg.num_workers
@@ -213,7 +174,7 @@ def build_search_config(cfg: DistSearchConfig, device: Optional[str] = None):
     if device is not None:
         overrides["device"] = device
     try:
-        scfg = os_mod.OneStageConfig.preset(cfg.search_preset, **overrides)
+        scfg = OneStageConfig.preset(cfg.search_preset, **overrides)
     except TypeError as e:  # an unknown top-level key
         raise ConfigError(f"search: {e}") from None
     root = scfg.data.root
@@ -232,43 +193,16 @@ def build_search_config(cfg: DistSearchConfig, device: Optional[str] = None):
     return scfg
 
 
-def _nested(flat: dict[str, Any]) -> dict[str, Any]:
-    """``{"data.batch_size": 8, "epochs": 2}`` -> ``{"data": {"batch_size": 8}, "epochs": 2}`` (nested kept)."""
-    out: dict[str, Any] = {}
-    for key, value in flat.items():
-        parts = str(key).replace("-", "_").split(".")
-        node = out
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"search.{key}: {p} is not a mapping")
-        if isinstance(value, dict) and isinstance(node.get(parts[-1]), dict):
-            node[parts[-1]].update(_nested(value))
-        elif isinstance(value, dict):
-            node[parts[-1]] = _nested(value)
-        else:
-            node[parts[-1]] = value
-    return out
-
-
 # --------------------------------------------------------------------------------------------------- run folder
-def _fs(path: str):
-    import pyarrow.fs as pafs
-
-    return pafs.FileSystem.from_uri(path)
-
-
 def run_exists(cfg: DistSearchConfig) -> bool:
     """Whether ``<storage>/<name>`` already holds a run."""
     if not cfg.is_uri:
         p = cfg.run_path
         return os.path.isdir(p) and bool(os.listdir(p))
     import pyarrow as pa
-    import pyarrow.fs as pafs
 
     try:
-        fs, p = _fs(cfg.run_path)
-        return fs.get_file_info(p).type != pafs.FileType.NotFound
+        return exists(cfg.run_path)
     except (OSError, ValueError, pa.ArrowException) as e:
         raise ConfigError(f"storage_path: cannot reach {cfg.run_path}: {e} (check the URI and the credentials)") \
             from None
@@ -288,15 +222,17 @@ def check_run(cfg: DistSearchConfig, resume: bool) -> None:
 class TorchDistHooks:
     """The engine's distributed hooks on ``torch.distributed`` (see :class:`istanas.ista.onestage.DistHooks`).
 
-    ``wrap``: ``DistributedDataParallel(find_unused_parameters=True)`` (identity with one rank).
+    ``wrap``: ``ray.train.torch.prepare_model`` (DDP with ``find_unused_parameters=True``; identity with one rank).
     ``broadcast_support``: rank 0's host support to every rank, over a gloo group (the main group when the backend
     is gloo, a gloo side group under NCCL), so host tensors never touch the GPU; counts local disagreements.
     ``all_agree``: rank 0's flags to every rank (the epsilon stop decided once).
     ``channels_last`` (default: on CUDA): ``wrap`` also puts the super-net's weights and every input batch in
-    channels-last layout (:func:`use_channels_last`); bf16 autocast is the engine's (``OneStageConfig.bf16``).
+    channels-last layout (:func:`use_channels_last`).  ``record``: keep the support of every training step
+    (``support_log``) and the wrapped net (``net``), for ``record_dir``.
     """
 
-    def __init__(self, device: torch.device, rank: int, world_size: int, channels_last: Optional[bool] = None):
+    def __init__(self, device: torch.device, rank: int, world_size: int, channels_last: Optional[bool] = None,
+                 record: bool = False):
         import torch.distributed as dist
 
         self.device, self.rank, self.world_size = device, int(rank), int(world_size)
@@ -305,22 +241,31 @@ class TorchDistHooks:
         self.group = None
         self.support_broadcasts = 0
         self.support_mismatches = 0
+        self.record = bool(record)
+        self.support_log: list[torch.Tensor] = []
+        self.net: Optional[torch.nn.Module] = None
         if self.world_size > 1:
             if not dist.is_initialized():
                 raise RuntimeError("TorchDistHooks: torch.distributed is not initialised (run under Ray Train)")
             if dist.get_backend() != "gloo":
                 self.group = dist.new_group(backend="gloo")    # collective: every rank creates it
 
+    def _log_support(self, module: torch.nn.Module, args: tuple) -> None:
+        if module.training:
+            self.support_log.append(module.support_host)
+
     def wrap(self, module: torch.nn.Module) -> torch.nn.Module:
         if self.channels_last:
             use_channels_last(module)
+        if self.record and self.net is not module:
+            self.net = module
+            module.register_forward_pre_hook(self._log_support)
         if self.world_size == 1:
             return module
-        from torch.nn.parallel import DistributedDataParallel as DDP
+        from ray.train.torch import prepare_model
 
-        ids = [self.device.index if self.device.index is not None else torch.cuda.current_device()] \
-            if self.device.type == "cuda" else None
-        return DDP(module, device_ids=ids, output_device=ids[0] if ids else None, find_unused_parameters=True)
+        return prepare_model(module, move_to_device=self.device,
+                             parallel_strategy_kwargs={"find_unused_parameters": True})
 
     def broadcast_support(self, support_host: torch.Tensor) -> torch.Tensor:
         if self.world_size == 1:
@@ -364,7 +309,7 @@ class TorchDistHooks:
 
     def as_engine_hooks(self):
         """The :class:`istanas.ista.onestage.DistHooks` of these methods."""
-        return _onestage().DistHooks(wrap=self.wrap, broadcast_support=self.broadcast_support,
+        return DistHooks(wrap=self.wrap, broadcast_support=self.broadcast_support,
                                      all_agree=self.all_agree, is_main=self.is_main)
 
 
@@ -420,23 +365,11 @@ class TrainGauges:
                     pass
 
 
-def _scalar_metrics(metrics: dict) -> dict[str, Any]:
-    """What goes to ``ray.train.report``: numbers and short strings (genotype JSON included)."""
-    out = {}
-    for k, v in metrics.items():
-        if isinstance(v, bool):
-            out[k] = int(v)
-        elif isinstance(v, (int, float, str)):
-            out[k] = v
-    return out
-
-
 def shard_eval_loader(loader: Any, rank: int, world_size: int) -> Any:
     """Rank ``rank``'s share of an unshuffled evaluation loader (``StreamLoader`` via ``DistributedSampler``,
     ``TensorLoader`` by index stride; each rank ``floor(N / world_size)`` images); other loaders are returned as
-    they are (every rank then evaluates all of it)."""
-    from istanas.data import StreamLoader, TensorLoader
-
+    they are (every rank then evaluates all of it).  (``ray.train.torch.prepare_data_loader`` would pad the test
+    set with repeated images to an equal share, and the in-memory loader is no torch ``DataLoader``.)"""
     if world_size == 1:
         return loader
     if isinstance(loader, StreamLoader) and loader.world_size == 1:
@@ -460,68 +393,34 @@ def _local_images(loader) -> int:
     return n
 
 
-def _copy_dir(src: str, dest: str) -> None:
-    """Copy folder ``src`` to ``dest`` (local: into a temporary sibling, then renamed; URI: pyarrow)."""
-    if is_storage_uri(dest):
-        import pyarrow.fs as pafs
-
-        fs, p = _fs(dest)
-        fs.create_dir(p, recursive=True)
-        pafs.copy_files(src, p, destination_filesystem=fs)
+def _record_supports(cfg: DistSearchConfig, hooks: TorchDistHooks, start: int, genotype: Any = None) -> None:
+    """Debug (``record_dir``): write this rank's per-step supports, its b (and genotype)."""
+    if not cfg.record_dir or hooks.net is None:
         return
-    dest = dest[len("file://"):] if dest.startswith("file://") else dest
-    parent = os.path.dirname(os.path.abspath(dest))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix=".tmp-export-")
-    try:
-        shutil.copytree(src, tmp, dirs_exist_ok=True)
-        if os.path.isdir(dest):
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _maybe_fail(cfg: DistSearchConfig, rank: int, epoch: int) -> None:
-    """Testing hook: rank ``fail_rank`` exits abruptly once, before its report of ``fail_at_epoch``."""
-    if cfg.fail_at_epoch is None or rank != cfg.fail_rank or epoch != cfg.fail_at_epoch:
-        return
-    if os.path.exists(cfg.fail_marker):
-        return
-    ckpt.atomic_write_text(cfg.fail_marker, f"rank {rank} exited at epoch {epoch}\n")
-    # let Ray Train's controller collect the previous epoch's report first (it polls every 2 s), so that the
-    # run resumes from the checkpoint of epoch - 1
-    time.sleep(max(0.0, float(cfg.fail_delay_s)))
-    print(f"[istanas] fail_at_epoch: rank {rank} exits abruptly before reporting epoch {epoch}", flush=True)
-    os._exit(1)
-
-
-def _record_supports(cfg: DistSearchConfig, task: Any, rank: int, start: int, genotype: Any = None) -> None:
-    """Debug: write this rank's per-step host supports, its b (and genotype) to ``record_dir``."""
-    if not cfg.record_dir or task is None:
-        return
-    steps = getattr(task, "support_log", None)
-    rec: dict[str, Any] = {"rank": rank, "start_epoch": start,
+    steps = hooks.support_log
+    rec: dict[str, Any] = {"rank": hooks.rank, "start_epoch": start,
                            "supports": torch.stack([s.to(torch.int64).cpu() for s in steps]) if steps
-                           else torch.zeros(0, dtype=torch.int64)}
-    space = getattr(task, "space", None)
-    if space is not None:
-        rec["b"] = space.b.detach().cpu().clone()
+                           else torch.zeros(0, dtype=torch.int64),
+                           "b": hooks.net.space.b.detach().cpu().clone()}
     if genotype is not None:
         rec["genotype"] = genotype.to_json() if hasattr(genotype, "to_json") else json.dumps(genotype)
-    ckpt.save(rec, os.path.join(cfg.record_dir, f"{RECORD_PREFIX}_start{start:04d}_rank{rank}.pt"))
+    ckpt.save(rec, os.path.join(cfg.record_dir, f"{RECORD_PREFIX}_start{start:04d}_rank{hooks.rank}.pt"))
 
 
-def train_loop_per_worker(config: dict) -> None:
-    """The Ray Train worker: one rank of the one-stage search (see the module doc)."""
+def _epoch_line(cfg: DistSearchConfig, m: dict) -> str:
+    keys = ("train_loss", "train_acc", "test_acc", "images_per_s", "peak_mem_mb", "gpu_mem_peak_mb", "searching",
+            "nodes_stopped")
+    parts = [f"{k} {m[k]:.4g}" if isinstance(m[k], float) else f"{k} {m[k]}" for k in keys if k in m]
+    return f"[istanas {cfg.name}] epoch {m.get('epoch')}: " + " | ".join(parts)
+
+
+def train_loop_per_worker(config: dict, before_report: Optional[BeforeReport] = None) -> None:
+    """The Ray Train worker: one rank of the one-stage search (see the module doc).  ``before_report(rank, epoch,
+    metrics)`` runs before every epoch's report (a test hook)."""
     import ray.train
     import ray.train.torch
     from ray.train import Checkpoint
 
-    from istanas.data import get_loaders
-
-    os_mod = _onestage()
     cfg = from_dict(DistSearchConfig, config["job"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -531,13 +430,11 @@ def train_loop_per_worker(config: dict) -> None:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
-    scfg = from_dict(os_mod.OneStageConfig, config["search"])
+    scfg = from_dict(OneStageConfig, config["search"])
     scfg.device = str(device)
     scfg.validate()
-    if cfg.record_dir and hasattr(scfg, "record_supports"):
-        scfg.record_supports = True
 
-    hooks = TorchDistHooks(device, rank, world)
+    hooks = TorchDistHooks(device, rank, world, record=bool(cfg.record_dir))
     in_mem = scfg.data.resolved_in_memory
     # the one-stage search trains W and b on the whole training set (sharded); "valid" is the test set
     data = get_loaders(scfg.data, "train", seed=scfg.seed, rank=rank, world_size=world,
@@ -562,16 +459,13 @@ def train_loop_per_worker(config: dict) -> None:
         print(f"[istanas {cfg.name}] {world} workers ({cfg.backend}, {device.type}), {data.train_size} training "
               f"images, batch {scfg.data.batch_size} per worker; {what}", flush=True)
 
-    tasks: list = []
-    pending: dict[str, Any] = {"state": resume}
+    last: dict[str, Any] = {"state": resume}
     gauges = TrainGauges(cfg.name, rank)
 
-    def on_checkpoint(state: dict) -> None:
-        pending["state"] = state
-
-    def on_report(metrics: dict) -> None:
+    def on_epoch_end(metrics: dict, state: dict) -> None:
+        last["state"] = state
         epoch = int(metrics.get("epoch", 0))
-        m = _scalar_metrics(metrics)
+        m = scalar_metrics(metrics)
         t = float(metrics.get("train_time_s") or metrics.get("epoch_time_s") or float("nan"))
         m["train_images"] = world * n_local
         m["images_per_s"] = world * n_local / t if t > 0 else float("nan")
@@ -581,19 +475,18 @@ def train_loop_per_worker(config: dict) -> None:
         m["support_mismatches"] = hooks.support_mismatches
         if sharded_eval and "test_acc" in m:           # every rank evaluated its share: the whole test set's
             m.update(hooks.all_reduce_mean({"test_loss": m["test_loss"], "test_acc": m["test_acc"]}, n_eval))
-            pending["test"] = {"test_loss": m["test_loss"], "test_acc": m["test_acc"]}
-        elif "test_acc" in m:
-            pending["test"] = {"test_loss": m["test_loss"], "test_acc": m["test_acc"]}
+        if "test_acc" in m:
+            last["test"] = {"test_loss": m["test_loss"], "test_acc": m["test_acc"]}
         if device.type == "cuda":
             m["gpu_mem_peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
             m["gpu_mem_reserved_mb"] = torch.cuda.max_memory_reserved(device) / 2**20
             torch.cuda.reset_peak_memory_stats(device)
         gauges.update(m)
-        _record_supports(cfg, tasks[0] if tasks else None, rank, start)
-        _maybe_fail(cfg, rank, epoch)
+        _record_supports(cfg, hooks, start)
+        if before_report is not None:
+            before_report(rank, epoch, m)
         reports.append({k: v for k, v in m.items() if k != "genotype"})
-        state = pending.get("state")
-        if rank == 0 and state is not None:
+        if rank == 0:
             with tempfile.TemporaryDirectory() as d:
                 ckpt.save(state, os.path.join(d, STATE_FILE))
                 ckpt.atomic_write_json(os.path.join(d, REPORTS_FILE), reports)
@@ -601,44 +494,43 @@ def train_loop_per_worker(config: dict) -> None:
         else:
             ray.train.report(m)
         if rank == 0 and cfg.verbose:
-            keys = ("train_loss", "train_acc", "test_acc", "images_per_s", "peak_mem_mb", "gpu_mem_peak_mb",
-                    "searching", "nodes_stopped")
-            parts = [f"{k} {m[k]:.4g}" if isinstance(m[k], float) else f"{k} {m[k]}" for k in keys if k in m]
-            print(f"[istanas {cfg.name}] epoch {epoch}: " + " | ".join(parts), flush=True)
+            print(_epoch_line(cfg, m), flush=True)
 
     with tempfile.TemporaryDirectory(prefix="istanas-export-") as tmp:
         export_dir = os.path.join(tmp, EXPORT_DIR) if rank == 0 else None
-        result = os_mod.search(scfg, data=data, report=on_report, checkpoint=on_checkpoint, resume=resume,
-                               progress=False, task_out=tasks, dist=hooks.as_engine_hooks(), export_dir=export_dir)
-        task = tasks[0] if tasks else None
-        _record_supports(cfg, task, rank, start, result.get("genotype"))
-        final = _scalar_metrics(result.get("final", {}))
-        if pending.get("test"):                        # the last evaluation, over the whole test set
-            final.update(pending["test"])
+        result = run_search("onestage", scfg, data=data, on_epoch_end=on_epoch_end, resume=resume, progress=False,
+                            dist=hooks.as_engine_hooks(), export_dir=export_dir)
+        _record_supports(cfg, hooks, start, result.genotype)
+        final = scalar_metrics(result.final)
+        if last.get("test"):                           # the last evaluation, over the whole test set
+            final.update(last["test"])
         elif reports and "test_acc" in reports[-1]:     # resumed after the last epoch: as reported then
             final.update({k: reports[-1][k] for k in ("test_acc", "test_loss") if k in reports[-1]})
-        elif result.get("history"):
-            last = result["history"][-1]
-            final.update({k: last[k] for k in ("test_acc", "test_loss") if isinstance(last.get(k), float)})
-        final.update({"search_done": 1, "genotype_digest": result.get("genotype_digest", ""),
-                      "genotype": result.get("genotype_json", ""), "export_dir": cfg.export_path,
-                      "resumed_from_epoch": start, "support_mismatches": hooks.support_mismatches,
-                      "switch_epoch": int(result.get("switch_epoch", 0)), "params": int(result.get("params", 0)),
-                      "epoch": int(final.get("epochs", len(result.get("history", []))))})
+        elif result.history:
+            final.update({k: result.history[-1][k] for k in ("test_acc", "test_loss")
+                          if isinstance(result.history[-1].get(k), float)})
+        final.update({"search_done": 1, "genotype_digest": result.genotype_digest, "genotype": result.genotype_json,
+                      "export_dir": cfg.export_path, "resumed_from_epoch": start,
+                      "support_mismatches": hooks.support_mismatches,
+                      "switch_epoch": int(result.extra.get("switch_epoch", 0)),
+                      "params": int(result.extra.get("params", 0)),
+                      "epoch": int(final.get("epochs", len(result.history)))})
         if rank != 0:
             ray.train.report(final)
             return
         # rank 0: the stand-alone model (Eq. 12) into the run's storage, then a final checkpoint with the result
-        _copy_dir(export_dir, cfg.export_path)
-        final["export_files"] = ",".join(sorted(os.path.basename(p) for p in result.get("export", {}).values()))
+        copy_dir(export_dir, cfg.export_path)
+        export = result.extra.get("export", {})
+        final["export_files"] = ",".join(sorted(os.path.basename(p) for p in export.values()))
         keep = os.path.join(tmp, "final")
         os.makedirs(keep)
-        if pending.get("state") is not None:
-            ckpt.save(pending["state"], os.path.join(keep, STATE_FILE))
-        rec = {k: v for k, v in result.items() if k not in ("genotype", "history")}
-        rec["history"] = [_scalar_metrics(h) for h in result.get("history", [])]
+        if last.get("state") is not None:
+            ckpt.save(last["state"], os.path.join(keep, STATE_FILE))
+        rec = result.to_record()
+        rec.pop("genotype", None)
+        rec["history"] = [scalar_metrics(h) for h in result.history]
         rec["reports"] = reports            # per epoch as reported: + images_per_s, GPU memory, resumed_from_epoch
-        rec["export"] = {kind: f"{cfg.export_path}/{os.path.basename(p)}" for kind, p in result["export"].items()}
+        rec["export"] = {kind: f"{cfg.export_path}/{os.path.basename(p)}" for kind, p in export.items()}
         ckpt.atomic_write_json(os.path.join(keep, RESULT_FILE), rec)
         ckpt.atomic_write_json(os.path.join(keep, REPORTS_FILE), reports)
         shutil.copy2(os.path.join(export_dir, "genotype.json"), os.path.join(keep, "genotype.json"))
@@ -662,54 +554,24 @@ class DistOutcome:
     wall_time_s: float
 
 
-def _package_dirs() -> list[str]:
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    return [os.path.join(root, p) for p in ("istanas", "spaces", "orchestrator")
-            if os.path.isdir(os.path.join(root, p))]
-
-
-def init_ray(cfg: DistSearchConfig) -> bool:
-    """Start an embedded local Ray or join ``cfg.address`` / ``RAY_ADDRESS``; True when this call started Ray."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    address = cfg.address or os.environ.get("RAY_ADDRESS") or None
-    if address:
-        ctx = ray.init(address=address, namespace=NAMESPACE, log_to_driver=True,
-                       runtime_env={"py_modules": _package_dirs(), "env_vars": {"PYTHONUNBUFFERED": "1"}})
-    else:
-        ctx = ray.init(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, include_dashboard=cfg.dashboard,
-                       dashboard_host=cfg.dashboard_host, dashboard_port=cfg.dashboard_port, namespace=NAMESPACE,
-                       log_to_driver=True)
-    if cfg.verbose:
-        res = ray.cluster_resources()
-        where = f"cluster at {address}" if address else "local Ray"
-        print(f"[istanas {cfg.name}] {where}: {res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs", flush=True)
-        url = getattr(ctx, "dashboard_url", None)
-        if url:
-            print(f"[istanas {cfg.name}] Ray dashboard: http://{url} (Train view: per-epoch metrics; token auth is "
-                  f"on: `ray get-auth-token` prints the token it asks for)", flush=True)
-    return True
-
-
 def worker_config(cfg: DistSearchConfig, scfg: Any = None) -> dict[str, dict]:
     """``train_loop_config`` of the workers: ``{"job": ..., "search": ...}`` with every local path absolute (Ray
     Train workers run in another folder)."""
     scfg = scfg if scfg is not None else build_search_config(cfg, device="cpu")
     job = to_dict(cfg)
     job["storage_path"] = cfg.storage
-    for key in ("fail_marker", "record_dir"):
-        if job.get(key):
-            job[key] = os.path.abspath(os.path.expanduser(job[key]))
+    if job.get("record_dir"):
+        job["record_dir"] = os.path.abspath(os.path.expanduser(job["record_dir"]))
     return {"job": job, "search": to_dict(scfg)}
 
 
-def build_trainer(cfg: DistSearchConfig, scfg: Any = None, train_fn: Callable[[dict], None] = train_loop_per_worker):
-    """The ``TorchTrainer`` of a job (call inside a Ray session)."""
+def build_trainer(cfg: DistSearchConfig, scfg: Any = None, before_report: Optional[BeforeReport] = None):
+    """The ``TorchTrainer`` of a job (call inside a Ray session); ``before_report`` goes to every worker."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    train_fn = train_loop_per_worker if before_report is None else \
+        functools.partial(train_loop_per_worker, before_report=before_report)
     return TorchTrainer(
         train_fn,
         train_loop_config=worker_config(cfg, scfg),
@@ -722,19 +584,22 @@ def build_trainer(cfg: DistSearchConfig, scfg: Any = None, train_fn: Callable[[d
     )
 
 
-def run_distributed_search(cfg: DistSearchConfig, *, resume: bool = False, validate: bool = True) -> DistOutcome:
+def run_distributed_search(cfg: DistSearchConfig, *, resume: bool = False, validate: bool = True,
+                           before_report: Optional[BeforeReport] = None) -> DistOutcome:
     """Validate, start (or join) Ray, fit the ``TorchTrainer``, and return the outcome.  An already initialised
-    Ray is used as is and left running; otherwise Ray is started here and shut down at the end."""
+    Ray is used as is and left running; otherwise Ray is started here and shut down at the end.
+    ``before_report``: see :func:`train_loop_per_worker`."""
     t0 = time.perf_counter()
     if validate:
         cfg.validate()
     check_run(cfg, resume)
     scfg = build_search_config(cfg, device="cpu")
-    started = init_ray(cfg)
+    started = init_ray(cfg, echo=cfg.verbose,
+                       dashboard_note=" - the Train view lists the run, its workers and per-epoch metrics")
     import ray
 
     try:
-        result = build_trainer(cfg, scfg).fit()
+        result = build_trainer(cfg, scfg, before_report).fit()
     finally:
         if started:
             ray.shutdown()
@@ -745,6 +610,7 @@ def run_distributed_search(cfg: DistSearchConfig, *, resume: bool = False, valid
                        checkpoint_path=ck.path if ck is not None else None, wall_time_s=time.perf_counter() - t0)
 
 
-__all__ = ["DistSearchConfig", "TorchDistHooks", "TrainGauges", "use_channels_last", "shard_eval_loader", "DistOutcome", "build_search_config", "build_trainer", "worker_config",
-           "check_run", "run_exists", "init_ray", "run_distributed_search", "train_loop_per_worker",
-           "STATE_FILE", "RESULT_FILE", "EXPORT_DIR"]
+__all__ = ["DistSearchConfig", "TorchDistHooks", "TrainGauges", "use_channels_last", "shard_eval_loader",
+           "DistOutcome", "build_search_config", "build_trainer", "worker_config", "check_run", "run_exists",
+           "run_distributed_search", "train_loop_per_worker", "BeforeReport", "STATE_FILE", "REPORTS_FILE",
+           "RESULT_FILE", "EXPORT_DIR", "RECORD_PREFIX"]

@@ -1,8 +1,8 @@
 """End-to-end sweeps on a local Ray with 2 CPUs (slow): Optuna suggestions, ASHA, errors, retraining, resume.
 
 The searches are tiny (1-3 epochs of a 4-channel, 3-cell super-net on a slice of scikit-learn's digits).  Two
-tests use rigged stand-ins for the search function (same signature as ``istanas.ista.twostage.search``) through the
-same orchestrator code path, so that ASHA's decision and a failing trial are deterministic.
+tests use rigged stand-ins for the search (``orchestrator.tune_trial.SearchFn``) through the same orchestrator code
+path, so that ASHA's decision and a failing trial are deterministic.
 """
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def _genotype(k: int) -> dict:
             "reduce_concat": [2, 3, 4, 5]}
 
 
-def rigged_search(cfg, data=None, report=None, checkpoint=None, resume=None, progress=False):
+def rigged_search(cfg, *, data=None, on_epoch_end=None, resume=None, progress=False):
     """val_acc depends only on lambda (0.9 below 1e-2, 0.2 above); lambda = 0.08 is a NaN loss."""
     import torch
 
@@ -69,11 +69,9 @@ def rigged_search(cfg, data=None, report=None, checkpoint=None, resume=None, pro
         acc = (0.9 if lam < 1e-2 else 0.2) + 0.01 * e
         m = {"epoch": e + 1, "val_acc": acc, "val_loss": 1 - acc, "train_acc": acc, "support_churn": 0.0}
         hist.append(m)
-        if checkpoint:
-            checkpoint({"epoch": e + 1, "task": {"x": torch.zeros(1)}, "history": hist,
-                        "done": e + 1 == cfg.epochs})
-        if report:
-            report(dict(m))
+        if on_epoch_end:
+            on_epoch_end(dict(m), {"epoch": e + 1, "task": {"x": torch.zeros(1)}, "history": hist,
+                                   "done": e + 1 == cfg.epochs})
     return {"genotype": _genotype(int(-math.log10(lam))), "history": hist, "final": {}}
 
 
@@ -83,7 +81,7 @@ def test_sweep_of_real_searches_retrains_top_k(ray_local, tmp_path):
 
     from orchestrator.postprocess import NAMESPACE, actor_name
     from orchestrator.sweep import run_sweep
-    from spaces.genotype import load_genotype
+    from spaces.registry import load_genotype
 
     cfg = _cfg(tmp_path, "num_samples=4", "max_concurrent=2", "asha.enabled=false", "retrain.top_k=2")
     out = run_sweep(cfg, echo=False)
@@ -121,16 +119,24 @@ def test_sweep_of_real_searches_retrains_top_k(ray_local, tmp_path):
     assert "search_vs_params.png" in open(out.report_md).read()
     with pytest.raises(ValueError):  # the named actor is gone with its sweep
         ray_local.get_actor(actor_name(cfg.name), namespace=NAMESPACE)
-    # the custom metrics reached the node's Prometheus endpoint
-    metrics = _scrape(ray_local, 'sweep="t"', ["ray_istanas_sweep_trials_finished_total",
-                                                "ray_istanas_sweep_support_churn"])
-    finished = [ln for ln in metrics if ln.startswith("ray_istanas_sweep_trials_finished_total")]
-    assert finished and sum(float(ln.rsplit(" ", 1)[1]) for ln in finished) == 4
-    assert len([ln for ln in metrics if ln.startswith("ray_istanas_sweep_support_churn")]) == 4
+    # the custom metrics reached the node's Prometheus endpoint (exported every second: wait until all are there)
+    def finished(lines: list[str]) -> list[str]:
+        return [ln for ln in lines if ln.startswith("ray_istanas_sweep_trials_finished_total")]
+
+    def churn(lines: list[str]) -> list[str]:
+        return [ln for ln in lines if ln.startswith("ray_istanas_sweep_support_churn")]
+
+    def total(lines: list[str]) -> float:
+        return sum(float(ln.rsplit(" ", 1)[1]) for ln in lines)
+
+    metrics = _scrape(ray_local, 'sweep="t"', lambda ls: total(finished(ls)) >= 4 and len(churn(ls)) >= 4)
+    assert finished(metrics) and total(finished(metrics)) == 4
+    assert len(churn(metrics)) == 4
 
 
-def _scrape(ray, tag: str, names: list[str], timeout: float = 20.0) -> list[str]:
-    """Lines of this node's Prometheus export that carry ``tag``, once every name in ``names`` shows up."""
+def _scrape(ray, tag: str, ready, timeout: float = 60.0) -> list[str]:
+    """Lines of this node's Prometheus export that carry ``tag``, as soon as ``ready(lines)`` holds (or the last
+    ones read when ``timeout`` seconds have passed)."""
     import urllib.request
 
     node = next(n for n in ray.nodes() if n["Alive"])
@@ -140,7 +146,7 @@ def _scrape(ray, tag: str, names: list[str], timeout: float = 20.0) -> list[str]
     while time.time() < deadline:
         text = urllib.request.urlopen(url, timeout=5).read().decode()
         lines = [ln for ln in text.splitlines() if tag in ln and not ln.startswith("#")]
-        if all(any(ln.startswith(n) for ln in lines) for n in names):
+        if ready(lines):
             break
         time.sleep(1.0)
     return lines

@@ -177,7 +177,7 @@ def test_cli_print_config(capsys, tmp_path):
 
 # ------------------------------------------------------------------------------------------- post-processing
 def _rec(tid, obj, digest, done=True, status="TERMINATED", **cfg):
-    from orchestrator.postprocess import make_record
+    from orchestrator.results import make_record
 
     m = {"objective": obj, "val_acc": obj, "genotype_digest": digest, "genotype": f'{{"d": "{digest}"}}',
          "search_done": int(done), "epoch": 3 if done else 1, "time_total_s": 36.0}
@@ -186,7 +186,7 @@ def _rec(tid, obj, digest, done=True, status="TERMINATED", **cfg):
 
 
 def test_dedupe_and_top_k():
-    from orchestrator.postprocess import dedupe, select_top_k
+    from orchestrator.results import dedupe, select_top_k
 
     recs = [_rec("a", 0.80, "g1"), _rec("b", 0.90, "g2"), _rec("c", 0.95, "g1"), _rec("d", 0.99, "g3", done=False),
             _rec("e", 0.97, "g4", status="ERROR"), _rec("f", float("nan"), "g5"), _rec("g", 0.85, "g6")]
@@ -202,7 +202,7 @@ def test_dedupe_and_top_k():
 def test_table_aggregates_retrains():
     import pandas as pd
 
-    from orchestrator.postprocess import build_table, summarize_retrains
+    from orchestrator.results import build_table, summarize_retrains
 
     cfg = load_sweep_config()
     recs = [_rec("a", 0.80, "g1"), _rec("b", 0.90, "g2"), _rec("c", 0.95, "g1"), _rec("e", 0.5, "g9",
@@ -231,7 +231,7 @@ def test_table_aggregates_retrains():
 def test_write_table_roundtrip(tmp_path):
     import pandas as pd
 
-    from orchestrator.postprocess import build_table, write_table
+    from orchestrator.results import build_table, write_table
 
     cfg = load_sweep_config()
     df = build_table([_rec("a", 0.8, "g1"), _rec("b", 0.7, "g2", done=False)], {}, cfg)
@@ -244,7 +244,7 @@ def test_write_table_roundtrip(tmp_path):
 
 
 def test_param_importances_find_the_parameter_that_matters():
-    from orchestrator.postprocess import build_table
+    from orchestrator.results import build_table
     from orchestrator.report import param_importances
 
     cfg = load_sweep_config()
@@ -262,7 +262,7 @@ def test_param_importances_find_the_parameter_that_matters():
 
 
 def test_error_reason_finds_the_cause():
-    from orchestrator.postprocess import error_reason
+    from orchestrator.results import error_reason
 
     class Wrapper(Exception):
         def __init__(self, cause):
@@ -278,7 +278,7 @@ def test_error_reason_finds_the_cause():
 
 
 # ------------------------------------------------------------------------------------------------ trial adapter
-def test_trial_reporter_pairs_checkpoints_and_holds_back_the_last_epoch(tmp_path):
+def test_trial_reporter_reports_with_checkpoints_and_holds_back_the_last_epoch(tmp_path):
     import torch
 
     from istanas.checkpoint import load
@@ -301,8 +301,7 @@ def test_trial_reporter_pairs_checkpoints_and_holds_back_the_last_epoch(tmp_path
     for e in range(1, 4):
         m = {"epoch": e, "val_acc": 0.1 * e, "support_churn": 1.0 / e, "note": "x", "vec": [1, 2]}
         hist.append(m)
-        rep.checkpoint({"epoch": e, "task": {"w": torch.full((2,), float(e))}, "history": hist, "done": e == 3})
-        rep.report(m)
+        rep.on_epoch_end(m, {"epoch": e, "task": {"w": torch.full((2,), float(e))}, "history": hist, "done": e == 3})
     assert [c[0]["epoch"] for c in calls] == [1, 2]  # epoch 3 held back for the genotype
     assert calls[0][1] is None and calls[1][1] == {"epoch": 2, "w": [2.0, 2.0]}  # every 2nd epoch
     assert calls[0][0]["objective"] == pytest.approx(0.1) and "vec" not in calls[0][0]
@@ -321,9 +320,9 @@ def test_trial_reporter_turns_a_nan_loss_into_an_error():
     from orchestrator.tune_trial import TrialReporter
 
     rep = TrialReporter(load_sweep_config(), report_fn=lambda *a, **k: None, checkpoint_cls=object)
-    rep.report({"epoch": 1, "val_acc": 0.5, "val_loss": 2.0, "train_loss": 2.1})
+    rep.on_epoch_end({"epoch": 1, "val_acc": 0.5, "val_loss": 2.0, "train_loss": 2.1}, {})
     with pytest.raises(NonFiniteLossError, match="val_loss"):
-        rep.report({"epoch": 2, "val_acc": 0.1, "val_loss": float("nan"), "train_loss": 1e9})
+        rep.on_epoch_end({"epoch": 2, "val_acc": 0.1, "val_loss": float("nan"), "train_loss": 1e9}, {})
 
 
 def test_tenas_objective_is_the_score_of_the_final_genotype():
@@ -334,7 +333,7 @@ def test_tenas_objective_is_the_score_of_the_final_genotype():
     scfg = build_search_config(cfg, {"lam": 1e-3, "s": 2, "m": 7, "epsilon": 0.0})
     calls = []
     rep = TrialReporter(cfg, report_fn=lambda m, checkpoint=None: calls.append(m), checkpoint_cls=object)
-    rep.report({"epoch": 1, "val_acc": 0.5, "val_loss": 1.0})
+    rep.on_epoch_end({"epoch": 1, "val_acc": 0.5, "val_loss": 1.0}, {})
     assert math.isnan(calls[0]["objective"])  # no TE-NAS score before the search's genotype is final
     from spaces.registry import get_genotype
 
@@ -345,7 +344,7 @@ def test_tenas_objective_is_the_score_of_the_final_genotype():
 
 
 def test_report_has_tables_plots_and_cells(tmp_path):
-    from orchestrator.postprocess import build_table
+    from orchestrator.results import build_table
     from orchestrator.report import write_report
     from spaces.registry import get_genotype
 

@@ -2,9 +2,9 @@
 cluster.yaml.
 
 The end-to-end test runs 2 CPU workers (gloo) on a small ImageFolder of real Imagenette JPEGs through the
-search-to-train switch, kills one worker mid-run (``os._exit`` before its report of epoch 3, once) and checks that
-the run resumed from the last checkpoint and finished, that both ranks had the same support at every step and the
-same final genotype, and that the stand-alone model was exported into the run's storage.
+search-to-train switch, kills one worker mid-run (:class:`KillOnce`, a test hook: ``os._exit`` before its report of
+epoch 3) and checks that the run resumed from the last checkpoint and finished, that both ranks had the same support
+at every step and the same final genotype, and that the stand-alone model was exported into the run's storage.
 """
 from __future__ import annotations
 
@@ -12,12 +12,15 @@ import copy
 import glob
 import json
 import os
+import sys
+import time
 import zipfile
 
 import pytest
 import torch
 import yaml
 
+from istanas.checkpoint import atomic_write_text
 from istanas.config import ConfigError
 
 N_CLASSES, N_TRAIN, N_VAL = 4, 8, 2
@@ -62,12 +65,31 @@ def _job(root: str, tmp: str, **kw):
     return DistSearchConfig(**base)
 
 
+class KillOnce:
+    """Test hook (``before_report``): rank ``rank`` exits abruptly (``os._exit``) once, before its report of
+    ``epoch``; ``marker`` records that it happened.  It first waits ``delay_s`` so that Ray Train's controller
+    (polling every 2 s) has collected the previous epoch's report, and the run resumes from that checkpoint."""
+
+    def __init__(self, epoch: int, rank: int, marker: str, delay_s: float = 3.0):
+        self.epoch, self.rank, self.marker, self.delay_s = epoch, rank, marker, delay_s
+
+    def __call__(self, rank: int, epoch: int, metrics: dict) -> None:
+        if rank != self.rank or epoch != self.epoch or os.path.exists(self.marker):
+            return
+        atomic_write_text(self.marker, f"rank {rank} exited at epoch {epoch}\n")
+        time.sleep(self.delay_s)
+        print(f"[test] rank {rank} exits abruptly before reporting epoch {epoch}", flush=True)
+        os._exit(1)
+
+
 @pytest.fixture
 def ray_local():
     ray = pytest.importorskip("ray")
     if ray.is_initialized():
         ray.shutdown()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True)
+    # the test hook above lives in this module: ship it to the workers by value
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     yield ray
     ray.shutdown()
 
@@ -79,8 +101,8 @@ def test_two_workers_end_to_end_with_a_killed_worker(imagefolder, ray_local, tmp
 
     marker = str(tmp_path / "killed")
     record = str(tmp_path / "record")
-    cfg = _job(imagefolder, str(tmp_path), fail_at_epoch=3, fail_rank=1, fail_marker=marker, record_dir=record)
-    out = run_distributed_search(cfg)
+    cfg = _job(imagefolder, str(tmp_path), record_dir=record)
+    out = run_distributed_search(cfg, before_report=KillOnce(epoch=3, rank=1, marker=marker))
 
     # one worker was killed mid-run (before its report of epoch 3); the run resumed from the last checkpoint Ray
     # Train had registered (epoch 2, after the search-to-train switch; epoch 1 if the controller had not yet
@@ -96,7 +118,7 @@ def test_two_workers_end_to_end_with_a_killed_worker(imagefolder, ray_local, tmp
     assert {"genotype.json", "model.pt", "model.safetensors", "model.onnx", "export.json"} <= files
     with open(os.path.join(out.export_path, "genotype.json")) as f:
         exported = json.load(f)
-    from spaces.genotype import load_genotype
+    from spaces.registry import load_genotype
 
     assert load_genotype(json.dumps(exported)).digest() == out.genotype_digest
     from istanas.ista.absorb import load_exported
@@ -145,7 +167,6 @@ def test_config_validation_names_the_field(imagefolder, tmp_path):
         (dict(max_failures=-2), "max_failures"),
         (dict(name="a b"), "name"),
         (dict(cpus_per_worker=0), "cpus_per_worker"),
-        (dict(fail_at_epoch=1), "fail_marker"),
         (dict(search={"lr": -1.0}), "search.lr"),
         (dict(search={"data": {"root": str(tmp_path / "missing")}}), "search.data.root"),
         (dict(search={"no_such_key": 1}), "no_such_key"),
@@ -349,13 +370,12 @@ def test_worker_config_makes_local_paths_absolute(imagefolder, tmp_path, monkeyp
     from orchestrator.train_onestage import worker_config
 
     monkeypatch.chdir(os.path.dirname(imagefolder))
-    cfg = _job(os.path.basename(imagefolder), str(tmp_path), storage_path="runs/rel", record_dir="rec",
-               fail_at_epoch=2, fail_marker="marker")
+    cfg = _job(os.path.basename(imagefolder), str(tmp_path), storage_path="runs/rel", record_dir="rec")
     cfg.validate()
     wc = worker_config(cfg)
     assert wc["job"]["storage_path"] == os.path.abspath("runs/rel")
     assert wc["search"]["data"]["root"] == imagefolder
-    assert wc["job"]["record_dir"] == os.path.abspath("rec") and wc["job"]["fail_marker"] == os.path.abspath("marker")
+    assert wc["job"]["record_dir"] == os.path.abspath("rec")
     s3 = worker_config(_job(imagefolder, str(tmp_path), storage_path="s3://bucket/runs/"))
     assert s3["job"]["storage_path"] == "s3://bucket/runs"
 

@@ -1,0 +1,141 @@
+"""Ray start / join and storage, once for the sweep and the Ray Train job.
+
+:func:`init_ray` starts an embedded local Ray (dashboard bound to ``dashboard_host``, 127.0.0.1 unless asked; token
+auth as Ray sets it up) or joins ``address`` / ``RAY_ADDRESS``, shipping the project's packages as ``runtime_env``
+py_modules (:func:`package_dirs`).  :func:`filesystem`, :func:`exists`, :func:`write_text`, :func:`read_text` and
+:func:`copy_dir` reach a local folder or any URI Ray's storage accepts (pyarrow filesystems).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from typing import Any, Optional, Protocol
+
+from istanas.checkpoint import atomic_write_text
+
+from .sweep_config import is_storage_uri
+
+NAMESPACE = "istanas"
+PACKAGES = ("istanas", "spaces", "orchestrator")
+
+
+class RayConfig(Protocol):
+    """The fields :func:`init_ray` reads (``SweepConfig`` and ``DistSearchConfig`` have them)."""
+
+    name: str
+    address: Optional[str]
+    num_cpus: Optional[int]
+    num_gpus: Optional[int]
+    dashboard: bool
+    dashboard_host: str
+    dashboard_port: int
+
+
+# ------------------------------------------------------------------------------------------------------- ray
+def package_dirs() -> list[str]:
+    """The project's package folders, shipped to a cluster's workers as ``runtime_env`` py_modules."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return [os.path.join(root, p) for p in PACKAGES if os.path.isdir(os.path.join(root, p))]
+
+
+def cluster_address(cfg: RayConfig) -> Optional[str]:
+    """``cfg.address``, else ``RAY_ADDRESS``, else None (an embedded local Ray)."""
+    return cfg.address or os.environ.get("RAY_ADDRESS") or None
+
+
+def init_ray(cfg: RayConfig, *, echo: bool = True, tag: str = "istanas", dashboard_note: str = "") -> bool:
+    """Start an embedded local Ray or join the cluster of ``cfg``; True when this call started (and so should shut
+    down) Ray.  An initialised Ray is used as is.  ``tag`` prefixes the printed lines (``[tag name]``);
+    ``dashboard_note`` is added to the dashboard line."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = cluster_address(cfg)
+    if address:
+        ctx = ray.init(address=address, namespace=NAMESPACE, log_to_driver=True,
+                       runtime_env={"py_modules": package_dirs(), "env_vars": {"PYTHONUNBUFFERED": "1"}})
+    else:
+        ctx = ray.init(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, include_dashboard=cfg.dashboard,
+                       dashboard_host=cfg.dashboard_host, dashboard_port=cfg.dashboard_port, namespace=NAMESPACE,
+                       log_to_driver=True)
+    if echo:
+        res = ray.cluster_resources()
+        where = f"cluster at {address}" if address else "local Ray"
+        print(f"[{tag} {cfg.name}] {where}: {res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs", flush=True)
+        url = getattr(ctx, "dashboard_url", None)
+        if url:
+            print(f"[{tag} {cfg.name}] Ray dashboard: http://{url} (token auth is on: `ray get-auth-token` prints "
+                  f"the token it asks for){dashboard_note}", flush=True)
+    return True
+
+
+# --------------------------------------------------------------------------------------------------- storage
+def filesystem(uri: str) -> tuple[Any, str]:
+    """``(pyarrow FileSystem, path inside it)`` of a URI or local path."""
+    import pyarrow.fs as pafs
+
+    return pafs.FileSystem.from_uri(uri)
+
+
+def exists(uri: str) -> bool:
+    """Whether ``uri`` (a storage URI) names an existing file or folder."""
+    import pyarrow.fs as pafs
+
+    fs, p = filesystem(uri)
+    return fs.get_file_info(p).type != pafs.FileType.NotFound
+
+
+def write_text(path: str, text: str) -> None:
+    """Write ``text`` to a local path (atomically) or a storage URI."""
+    if is_storage_uri(path):
+        fs, p = filesystem(path)
+        with fs.open_output_stream(p) as f:
+            f.write(text.encode())
+        return
+    atomic_write_text(path, text)
+
+
+def read_text(path: str) -> Optional[str]:
+    """The text of a local path or storage URI, or None when there is none."""
+    if is_storage_uri(path):
+        fs, p = filesystem(path)
+        try:
+            with fs.open_input_stream(p) as f:
+                return f.read().decode()
+        except FileNotFoundError:
+            return None
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+def copy_dir(src: str, dest: str) -> str:
+    """Copy folder ``src`` to ``dest``: a URI with pyarrow, a local folder into a temporary sibling renamed into
+    place (a ``file://`` prefix is dropped).  Returns ``dest``."""
+    if is_storage_uri(dest):
+        import pyarrow.fs as pafs
+
+        fs, p = filesystem(dest)
+        fs.create_dir(p, recursive=True)
+        pafs.copy_files(src, p, destination_filesystem=fs)
+        return dest
+    local = dest[len("file://"):] if dest.startswith("file://") else dest
+    parent = os.path.dirname(os.path.abspath(local))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=".tmp-copy-")
+    try:
+        shutil.copytree(src, tmp, dirs_exist_ok=True)
+        if os.path.isdir(local):
+            shutil.rmtree(local)
+        os.replace(tmp, local)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
+
+
+__all__ = ["init_ray", "package_dirs", "cluster_address", "filesystem", "exists", "write_text", "read_text",
+           "copy_dir", "NAMESPACE", "RayConfig"]
