@@ -1,19 +1,11 @@
-"""The sweep driver: a Ray Tune experiment of two-stage searches, then the post-processing actor.
+"""The sweep driver, :func:`run_sweep` (``launch/sweep.py`` wraps it).
 
-:func:`run_sweep` is the whole job (``launch/sweep.py`` wraps it):
-
-1. validate the config and check the experiment folder (fresh: must not exist; ``resume``: must be restorable)
-   -- all before ``ray.init``;
-2. start (or join) Ray: an embedded local Ray with the dashboard on ``dashboard_host`` (127.0.0.1 unless asked),
-   or a running cluster (``address`` / ``RAY_ADDRESS``; the code travels as ``runtime_env`` py_modules);
-3. create the sweep's named post-processing actor;
-4. run a ``Tuner``: the function trainable of :mod:`orchestrator.tune_trial` with per-trial resources,
-   ``OptunaSearch`` (TPE, seeded) behind a ``ConcurrencyLimiter``, an ``ASHAScheduler`` over search epochs,
-   trial checkpoints kept by Tune, ``RunConfig(storage_path, name)``; or ``Tuner.restore`` of the same
-   experiment (searcher state included) with ``resume``;
-5. a Tune :class:`SweepCallback` keeps the custom metrics and prints a line per finished trial; at the end the
-   records of the whole ``ResultGrid`` go to the actor once, which retrains the top-k and writes the table and
-   report.
+Validate the config and the experiment folder (fresh: must not exist; ``resume``: must be restorable) before
+``ray.init``; start or join Ray (:mod:`orchestrator.cluster`); create the post-processing actor; run a ``Tuner``
+(the trainable of :mod:`orchestrator.tune_trial`, ``OptunaSearch`` behind a ``ConcurrencyLimiter``, ASHA over
+search epochs, trial checkpoints kept by Tune) or ``Tuner.restore`` it with ``resume``; :class:`SweepCallback`
+keeps the custom metrics and prints a line per finished trial; at the end the records of the whole ``ResultGrid``
+go to the actor once, which retrains the top-k and writes the table and report.
 """
 from __future__ import annotations
 

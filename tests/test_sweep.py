@@ -16,7 +16,14 @@ import time
 
 import pytest
 
+import torch
+
+from istanas.engine import NonFiniteLossError
+from orchestrator.cluster import NAMESPACE
+from orchestrator.postprocess import actor_name
+from orchestrator.sweep import run_sweep
 from orchestrator.sweep_config import load_sweep_config
+from spaces.registry import load_genotype
 
 pytestmark = pytest.mark.slow
 
@@ -55,10 +62,6 @@ def _genotype(k: int) -> dict:
 
 def rigged_search(cfg, *, data=None, on_epoch_end=None, resume=None, progress=False):
     """val_acc depends only on lambda (0.9 below 1e-2, 0.2 above); lambda = 0.08 is a NaN loss."""
-    import torch
-
-    from istanas.engine import NonFiniteLossError
-
     lam = cfg.recovery.lam
     start = int(resume["epoch"]) if resume else 0
     hist = list(resume["history"]) if resume else []
@@ -79,9 +82,6 @@ def rigged_search(cfg, *, data=None, on_epoch_end=None, resume=None, progress=Fa
 def test_sweep_of_real_searches_retrains_top_k(ray_local, tmp_path):
     import pandas as pd
 
-    from orchestrator.postprocess import NAMESPACE, actor_name
-    from orchestrator.sweep import run_sweep
-    from spaces.registry import load_genotype
 
     cfg = _cfg(tmp_path, "num_samples=4", "max_concurrent=2", "asha.enabled=false", "retrain.top_k=2")
     out = run_sweep(cfg, echo=False)
@@ -154,8 +154,6 @@ def _scrape(ray, tag: str, ready, timeout: float = 60.0) -> list[str]:
 
 def test_asha_stops_a_rigged_trial_and_a_failing_trial_is_reported(ray_local, tmp_path):
     import pandas as pd
-
-    from orchestrator.sweep import run_sweep
 
     points = "points_to_evaluate=[{lam: 0.001, s: 2, m: 6, epsilon: 0.0}, {lam: 0.03, s: 2, m: 6, epsilon: 0.0}, " \
              "{lam: 0.08, s: 2, m: 6, epsilon: 0.0}]"

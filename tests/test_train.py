@@ -20,8 +20,15 @@ import pytest
 import torch
 import yaml
 
+from istanas import cli
 from istanas.checkpoint import atomic_write_text
 from istanas.config import ConfigError
+from istanas.data import DataConfig, get_loaders
+from istanas.ista.absorb import load_exported
+from istanas.ista.onestage import OneStageConfig, OneStageTask
+from orchestrator.train_onestage import (RECORD_PREFIX, DistSearchConfig, TorchDistHooks, build_search_config,
+                                         check_run, run_distributed_search, shard_eval_loader, worker_config)
+from spaces.registry import load_genotype
 
 N_CLASSES, N_TRAIN, N_VAL = 4, 8, 2
 
@@ -51,8 +58,6 @@ def imagefolder(tmp_path_factory, shared_data) -> str:
 
 
 def _job(root: str, tmp: str, **kw):
-    from orchestrator.train_onestage import DistSearchConfig
-
     search = {
         "data": {"root": root, "image_size": 32, "batch_size": 4, "eval_batch_size": 8, "num_workers": 0},
         "C": 4, "layers": 3, "epochs": 4, "search_epochs": 2, "train_epochs": 2, "epsilon": 1.5e-3,
@@ -97,8 +102,6 @@ def ray_local():
 # ------------------------------------------------------------------------------------------------ end to end
 @pytest.mark.slow
 def test_two_workers_end_to_end_with_a_killed_worker(imagefolder, ray_local, tmp_path):
-    from orchestrator.train_onestage import RECORD_PREFIX, run_distributed_search
-
     marker = str(tmp_path / "killed")
     record = str(tmp_path / "record")
     cfg = _job(imagefolder, str(tmp_path), record_dir=record)
@@ -118,11 +121,7 @@ def test_two_workers_end_to_end_with_a_killed_worker(imagefolder, ray_local, tmp
     assert {"genotype.json", "model.pt", "model.safetensors", "model.onnx", "export.json"} <= files
     with open(os.path.join(out.export_path, "genotype.json")) as f:
         exported = json.load(f)
-    from spaces.registry import load_genotype
-
     assert load_genotype(json.dumps(exported)).digest() == out.genotype_digest
-    from istanas.ista.absorb import load_exported
-
     net = load_exported(out.export_path)
     assert net(torch.zeros(2, 3, 32, 32))[0].shape == (2, N_CLASSES)
     assert out.checkpoint_path is not None and os.path.isfile(os.path.join(out.checkpoint_path, "result.json"))
@@ -179,8 +178,6 @@ def test_config_validation_names_the_field(imagefolder, tmp_path):
             cfg.validate()
     cfg = _job(imagefolder, str(tmp_path), global_batch_size=16)
     cfg.validate()
-    from orchestrator.train_onestage import build_search_config
-
     assert build_search_config(cfg, "cpu").data.batch_size == 8
 
 
@@ -195,8 +192,6 @@ def test_cluster_data_root_is_checked_on_the_workers(imagefolder, tmp_path):
 
 
 def test_run_folder_fresh_or_resume(imagefolder, tmp_path):
-    from orchestrator.train_onestage import check_run
-
     cfg = _job(imagefolder, str(tmp_path))
     check_run(cfg, resume=False)
     with pytest.raises(ConfigError, match="--resume"):
@@ -212,9 +207,7 @@ def test_run_folder_fresh_or_resume(imagefolder, tmp_path):
 def _cli(argv):
     import importlib.util
 
-    from istanas.cli import repo_root
-
-    spec = importlib.util.spec_from_file_location("imagenet_search", os.path.join(repo_root(), "launch",
+    spec = importlib.util.spec_from_file_location("imagenet_search", os.path.join(cli.repo_root(), "launch",
                                                                                   "imagenet_search.py"))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -300,8 +293,6 @@ def test_cluster_yaml_validates_against_rays_schema(repo_root):
 def _hooks_worker(rank: int, world: int, port: int, out: str) -> None:
     import torch.distributed as dist
 
-    from orchestrator.train_onestage import TorchDistHooks
-
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         hooks = TorchDistHooks(torch.device("cpu"), rank, world)
@@ -343,9 +334,6 @@ def test_dist_hooks_broadcast_rank0_support_and_stop_decision(tmp_path):
 def test_channels_last_wrap_keeps_outputs_and_parameters():
     """``wrap`` with channels_last (on CUDA by default; forced here on the CPU): same parameters (the optimiser
     still holds them), channels-last weights and inputs, the same logits."""
-    from istanas.ista.onestage import OneStageConfig, OneStageTask
-    from orchestrator.train_onestage import TorchDistHooks
-
     cfg = OneStageConfig.preset("small", C=4, layers=3, device="cpu", auxiliary=False,
                                 data={"limit_train": 32, "limit_test": 16})
     task = OneStageTask(cfg)
@@ -367,8 +355,6 @@ def test_channels_last_wrap_keeps_outputs_and_parameters():
 
 def test_worker_config_makes_local_paths_absolute(imagefolder, tmp_path, monkeypatch):
     """Ray Train workers run in another folder: relative storage / data / debug paths reach them absolute."""
-    from orchestrator.train_onestage import worker_config
-
     monkeypatch.chdir(os.path.dirname(imagefolder))
     cfg = _job(os.path.basename(imagefolder), str(tmp_path), storage_path="runs/rel", record_dir="rec")
     cfg.validate()
@@ -394,9 +380,6 @@ def test_cli_config_file(imagefolder, tmp_path, capsys, repo_root):
 
 def test_shard_eval_loader_splits_the_test_set(imagefolder):
     """Each rank evaluates a disjoint share of the test set; together all of it (streamed and in-memory)."""
-    from istanas.data import DataConfig, get_loaders
-    from orchestrator.train_onestage import shard_eval_loader
-
     cfg = DataConfig(dataset="imagenet", root=imagefolder, image_size=16, eval_batch_size=3)
     valid = get_loaders(cfg, "train").valid
     ys = [torch.cat([y for _, y in shard_eval_loader(valid, r, 2)]) for r in (0, 1)]
