@@ -225,18 +225,15 @@ class TorchDistHooks:
     ``wrap``: ``ray.train.torch.prepare_model`` (DDP with ``find_unused_parameters=True``; identity with one rank).
     ``broadcast_support``: rank 0's host support to every rank, over a gloo group (the main group when the backend
     is gloo, a gloo side group under NCCL), so host tensors never touch the GPU; counts local disagreements.
-    ``all_agree``: rank 0's flags to every rank (the epsilon stop decided once).
-    ``channels_last`` (default: on CUDA): ``wrap`` also puts the super-net's weights and every input batch in
-    channels-last layout (:func:`use_channels_last`).  ``record``: keep the support of every training step
-    (``support_log``) and the wrapped net (``net``), for ``record_dir``.
+    ``all_agree``: rank 0's flags to every rank (the epsilon stop decided once).  ``record``: keep the support of
+    every training step (``support_log``) and the wrapped net (``net``), for ``record_dir``.  (bf16 and
+    channels_last are the engine's settings, ``OneStageConfig.bf16`` / ``.channels_last``.)
     """
 
-    def __init__(self, device: torch.device, rank: int, world_size: int, channels_last: Optional[bool] = None,
-                 record: bool = False):
+    def __init__(self, device: torch.device, rank: int, world_size: int, record: bool = False):
         import torch.distributed as dist
 
         self.device, self.rank, self.world_size = device, int(rank), int(world_size)
-        self.channels_last = device.type == "cuda" if channels_last is None else bool(channels_last)
         self.is_main = self.rank == 0
         self.group = None
         self.support_broadcasts = 0
@@ -255,8 +252,6 @@ class TorchDistHooks:
             self.support_log.append(module.support_host)
 
     def wrap(self, module: torch.nn.Module) -> torch.nn.Module:
-        if self.channels_last:
-            use_channels_last(module)
         if self.record and self.net is not module:
             self.net = module
             module.register_forward_pre_hook(self._log_support)
@@ -311,24 +306,6 @@ class TorchDistHooks:
         """The :class:`istanas.ista.onestage.DistHooks` of these methods."""
         return DistHooks(wrap=self.wrap, broadcast_support=self.broadcast_support,
                                      all_agree=self.all_agree, is_main=self.is_main)
-
-
-def _channels_last_input(module: torch.nn.Module, args: tuple) -> tuple:
-    if args and isinstance(args[0], torch.Tensor) and args[0].dim() == 4:
-        return (args[0].contiguous(memory_format=torch.channels_last),) + tuple(args[1:])
-    return args
-
-
-def use_channels_last(module: torch.nn.Module) -> torch.nn.Module:
-    """Channels-last layout for the convolutions of ``module`` (in place, idempotent): its ``supernet`` (or the
-    module itself) converted with ``.to(memory_format=torch.channels_last)`` (the parameter objects stay the same,
-    so optimisers keep working), and a forward pre-hook that makes every 4-D input batch channels-last.  The
-    compressed space's 4-D buffers (A, E) are left alone."""
-    target = getattr(module, "supernet", module)
-    target.to(memory_format=torch.channels_last)
-    if getattr(module, "_istanas_channels_last", None) is None:
-        module._istanas_channels_last = module.register_forward_pre_hook(_channels_last_input)
-    return module
 
 
 # ------------------------------------------------------------------------------------------------- worker loop
@@ -610,7 +587,7 @@ def run_distributed_search(cfg: DistSearchConfig, *, resume: bool = False, valid
                        checkpoint_path=ck.path if ck is not None else None, wall_time_s=time.perf_counter() - t0)
 
 
-__all__ = ["DistSearchConfig", "TorchDistHooks", "TrainGauges", "use_channels_last", "shard_eval_loader",
+__all__ = ["DistSearchConfig", "TorchDistHooks", "TrainGauges", "shard_eval_loader",
            "DistOutcome", "build_search_config", "build_trainer", "worker_config", "check_run", "run_exists",
            "run_distributed_search", "train_loop_per_worker", "BeforeReport", "STATE_FILE", "REPORTS_FILE",
            "RESULT_FILE", "EXPORT_DIR", "RECORD_PREFIX"]
