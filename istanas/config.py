@@ -1,14 +1,18 @@
 """Typed, validated job configs: dataclasses filled from YAML (``yaml.safe_load``) and ``key=value`` overrides.
 
-Every job (retrain, two-stage, one-stage, TE-NAS, sweep, ImageNet search) defines one dataclass with defaults and
-a ``validate()`` method.  ``load_config(cls, path, overrides)`` merges defaults < YAML file < CLI overrides,
-rejects unknown keys (with a close-match hint), coerces scalar types, and calls ``validate()``, so that bad input
-fails before any data is read or any cluster starts.
+Every job (retrain, two-stage, one-stage, DARTS, TE-NAS, sweep, ImageNet search) defines one dataclass with
+defaults, a ``validate()`` method (schema checks only; machine probes live in ``istanas.search.check_runtime``) and
+its named whole setups in a ``PRESETS`` class variable.  The one merge: :func:`compose` layers defaults < preset
+(:func:`preset_data`) < YAML < flags < ``--set`` (:func:`deep_merge` for layers, :func:`set_path` for one
+``key=value``), rejects unknown keys with a "did you mean" hint, coerces scalar types and calls ``validate()``, so
+that bad input fails before any data is read or any cluster starts.  :class:`SearchOptimConfig` holds the fields
+that every weight-sharing search (two-stage, DARTS, one-stage) shares.
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import types
 import typing
@@ -227,3 +231,125 @@ def check(cond: bool, message: str) -> None:
     """Raise ``ConfigError(message)`` unless ``cond``."""
     if not cond:
         raise ConfigError(message)
+
+
+def did_you_mean(field: str, name: Any, known: Sequence[str], kind: str = "") -> ConfigError:
+    """``ConfigError("<field>: unknown <kind> 'x' (did you mean 'y'?); choose one of [...]")``."""
+    close = difflib.get_close_matches(str(name), list(known), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return ConfigError(f"{field}: unknown {kind + ' ' if kind else ''}{name!r}{hint}; choose one of {sorted(known)}")
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"data": {"limit_train": 5}, "lr": 1}`` -> ``{"data.limit_train": 5, "lr": 1}`` (the dotted form of a
+    nested mapping; :func:`deep_merge` ``({}, flat)`` is its inverse)."""
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+# -------------------------------------------------------------------------------------------------- presets
+def preset_names(cls: type) -> list[str]:
+    """The names of ``cls.PRESETS`` (sorted)."""
+    return sorted(getattr(cls, "PRESETS", {}) or {})
+
+
+def preset_data(cls: type, name: str, overrides: Mapping[str, Any] | None = None, *,
+                presets: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    """The full field mapping of preset ``name`` of ``cls``: defaults < ``presets[name]`` (default
+    ``cls.PRESETS``) < ``overrides`` (nested mappings such as ``data`` / ``recovery`` merge, dotted keys reach
+    nested fields).  An unknown name raises :class:`ConfigError` listing the presets."""
+    presets = getattr(cls, "PRESETS", {}) if presets is None else presets
+    if name not in presets:
+        raise ConfigError(f"preset: must be one of {sorted(presets)}, got {name!r}")
+    data = deep_merge(to_dict(cls()), presets[name], skip_none=False)
+    return deep_merge(data, overrides or {}, skip_none=False)
+
+
+def preset(cls: type[T], name: str, **overrides: Any) -> T:
+    """An instance of ``cls`` from preset ``name`` (see :func:`preset_data`); not validated."""
+    return from_dict(cls, preset_data(cls, name, overrides))
+
+
+def compose(cls: type[T], *layers: Mapping[str, Any] | None, sets: Sequence[str] = (), validate: bool = True) -> T:
+    """THE merge: ``cls`` defaults < each layer in order (a preset's :func:`preset_data`, a YAML mapping, the
+    launcher's explicit flags; ``None`` values inside a layer = "not given") < ``sets`` (``key.sub=value`` texts),
+    then ``validate()``."""
+    data: dict[str, Any] = {}
+    for i, layer in enumerate(layers):
+        data = deep_merge(data, layer or {}, skip_none=i > 0)
+    data = merge_overrides(data, sets)
+    cfg = from_dict(cls, data)
+    check_fn = getattr(cfg, "validate", None)
+    if validate and callable(check_fn):
+        check_fn()
+    return cfg
+
+
+# ------------------------------------------------------------------------------------- shared search settings
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+@dataclasses.dataclass
+class SearchOptimConfig:
+    """Network and optimiser settings shared by the weight-sharing searches (two-stage, DARTS, one-stage); each
+    subclass adds its ``data`` field and its own settings and re-declares the defaults it changes.
+
+    The super-net: ``C`` channels, ``layers`` cells (reduction cells at layers/3 and 2 layers/3), ``steps`` nodes
+    per cell.  Weights: SGD (``lr`` cosine to ``lr_min``, ``momentum``, ``weight_decay``, gradient-norm clip
+    ``grad_clip``, 0 = off).  Architecture: Adam (``arch_lr``, ``arch_betas``, ``arch_weight_decay``).
+    ``deterministic``: deterministic CUDA algorithms (same seed and device -> same genotype); ``bf16`` /
+    ``channels_last``: CUDA-only engine settings.
+    """
+
+    C: int = 16
+    layers: int = 8
+    steps: int = 4
+    epochs: int = 50
+    lr: float = 0.1
+    lr_min: float = 0.001
+    momentum: float = 0.9
+    weight_decay: float = 3e-4
+    grad_clip: float = 5.0
+    arch_lr: float = 6e-4
+    arch_betas: tuple[float, float] = (0.5, 0.999)
+    arch_weight_decay: float = 1e-3
+    seed: int = 0
+    device: str = "auto"
+    deterministic: bool = True
+    bf16: bool = False
+    channels_last: bool = False
+    out: str = "runs/search"
+
+    def validate_common(self) -> None:
+        """Schema checks of the shared fields (and of ``self.data``); probes nothing."""
+        data = getattr(self, "data", None)
+        if data is not None:
+            data.validate()
+        for name in ("C", "steps", "epochs"):
+            v = getattr(self, name)
+            check(_is_int(v) and v >= 1, f"{name}: must be an integer >= 1, got {v!r}")
+        check(isinstance(self.layers, int) and self.layers >= 3,
+              f"layers: must be an integer >= 3 (two reduction cells at layers/3 and 2*layers/3), "
+              f"got {self.layers!r}")
+        check(math.isfinite(self.lr) and self.lr > 0, f"lr: must be a number > 0, got {self.lr!r}")
+        check(0 <= self.lr_min <= self.lr, f"lr_min: must be in [0, lr={self.lr}], got {self.lr_min!r}")
+        check(0 <= self.momentum < 1, f"momentum: must be in [0, 1), got {self.momentum!r}")
+        check(self.weight_decay >= 0, f"weight_decay: must be >= 0, got {self.weight_decay!r}")
+        check(self.grad_clip >= 0, f"grad_clip: must be >= 0 (0 = off), got {self.grad_clip!r}")
+        check(math.isfinite(self.arch_lr) and self.arch_lr > 0,
+              f"arch_lr: must be a number > 0, got {self.arch_lr!r}")
+        betas = tuple(self.arch_betas)
+        check(len(betas) == 2 and all(0 <= b < 1 for b in betas),
+              f"arch_betas: must be two numbers in [0, 1), got {self.arch_betas!r}")
+        check(self.arch_weight_decay >= 0, f"arch_weight_decay: must be >= 0, got {self.arch_weight_decay!r}")
+        check(_is_int(self.seed), f"seed: must be an integer, got {self.seed!r}")
+        check(isinstance(self.device, str) and (self.device in ("auto", "cpu", "cuda")
+                                                or self.device.startswith("cuda:")),
+              f"device: must be auto, cpu, cuda or cuda:N, got {self.device!r}")

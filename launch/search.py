@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import sys
-from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -23,57 +22,11 @@ if _ROOT not in sys.path:  # run from a checkout without installation
     sys.path.insert(0, _ROOT)
 
 from istanas import cli  # noqa: E402
+from istanas.config import preset_data  # noqa: E402
 from istanas.data import DATASETS  # noqa: E402
+from istanas.methods import METHODS, Method  # noqa: E402
+from istanas.search import check_runtime, run_search, write_outputs  # noqa: E402
 
-
-@dataclass(frozen=True)
-class Method:
-    """One search method of the dispatch table: how to build its config and run it."""
-
-    help: str
-    load: Callable[[], tuple[type, Callable[[str], dict], Callable[..., dict]]]  # -> (config class, preset dict, search)
-    presets: tuple[str, ...] = ("small", "reference")
-    extra_flags: tuple[str, ...] = ()          # launcher flags this method understands (besides the common ones)
-    search_kwargs: Optional[Callable[[Any], dict]] = None   # cfg -> extra keywords of its search function
-
-
-def _twostage():
-    from istanas.ista.twostage import TwoStageConfig, preset_dict, search
-
-    return TwoStageConfig, lambda name: preset_dict(name, TwoStageConfig), search
-
-
-def _darts():
-    from istanas.darts import DartsConfig, search
-    from istanas.ista.twostage import preset_dict
-
-    return DartsConfig, lambda name: preset_dict(name, DartsConfig), search
-
-
-def _tenas():
-    from istanas.tenas.search import TENAS_PRESETS, TenasJobConfig, run_job
-
-    return TenasJobConfig, lambda name: TENAS_PRESETS[name], run_job
-
-
-def _onestage():
-    from istanas.ista.onestage import OneStageConfig, preset_dict, search
-
-    return OneStageConfig, preset_dict, search
-
-
-#: method name -> Method.  Add an entry (and its loader) to expose another search method.
-METHODS: dict[str, Method] = {
-    "twostage": Method("two-stage ISTA-NAS, paper Algorithm 1 (sparse super-net, recovery of z from b)", _twostage,
-                       extra_flags=("recover_every", "epsilon")),
-    "darts": Method("first-order DARTS baseline on the same 7-op cells (dense mixed op, softmax alpha)", _darts),
-    "onestage": Method("one-stage ISTA-NAS, paper Algorithm 2 (search and train the target net in one run, "
-                       "per-node epsilon stop, BN absorption Eq. 12, exported model in --out)", _onestage,
-                       presets=("small", "cifar10", "imagenet"), extra_flags=("recover_every", "epsilon"),
-                       search_kwargs=lambda cfg: {"export_dir": cfg.out}),
-    "tenas": Method("TE-NAS training-free pruning search (NTK condition number + linear regions), --space nb201 "
-                    "or darts", _tenas, extra_flags=("space", "table")),
-}
 
 EPILOG = """\
 precedence: preset < --config YAML < the flags above < --set KEY=VALUE.
@@ -132,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _base_config(args: argparse.Namespace, preset_fn: Callable[[str], dict], method: Method) -> dict:
+def _base_config(args: argparse.Namespace, method: Method) -> dict:
     """The layer under --config: the resumed run's own config, else the named preset (default small)."""
     if args.resume:
         info = os.path.join(args.out, cli.RUN_INFO_NAME)
@@ -141,10 +94,27 @@ def _base_config(args: argparse.Namespace, preset_fn: Callable[[str], dict], met
                 cfg = json.load(f).get("config")
             if isinstance(cfg, dict):
                 return cfg
-    name = args.preset or "small"
+    name = args.preset or method.default_preset
     if name not in method.presets:
         raise ValueError(f"--preset: {args.method} has presets {list(method.presets)}, got {name!r}")
-    return preset_fn(name)
+    return preset_data(method.config_cls, name, presets=method.presets)
+
+
+def _epoch_hook(out: str, resume_epoch: Optional[int], checkpoints: bool) -> Callable[[dict, dict], None]:
+    """One ``on_epoch_end(metrics, state)``: ``OUT/checkpoint.pt`` (engine methods), then a line of
+    ``OUT/metrics.jsonl`` and the console summary."""
+    log = cli.metrics_logger(out, resume_epoch=resume_epoch)
+    save = cli.checkpoint_hook(out) if checkpoints else None
+
+    def on_epoch_end(metrics: dict, state: dict) -> None:
+        if save is not None and state:
+            save(state)
+        log(metrics)
+
+    return on_epoch_end
+
+
+_FLAGS = ("dataset", "data_root", "epochs", "batch_size", "recover_every", "epsilon", "space", "table")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -152,89 +122,88 @@ def _run(args: argparse.Namespace) -> int:
     if args.out == "runs/search-<method>":
         args.out = f"runs/search-{args.method}"
         args._out_default = args.out
-    for flag in ("recover_every", "epsilon", "space", "table"):
-        if getattr(args, flag) is not None and flag not in method.extra_flags:
-            raise ValueError(f"--{flag.replace('_', '-')}: not an option of --method {args.method}")
     for flag in ("epochs", "batch_size"):
         v = getattr(args, flag)
         if v is not None and v < 1:
             raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {v}")
-    cfg_cls, preset_fn, search = method.load()
-    if args.method == "tenas":
-        return _run_tenas(args, cfg_cls, preset_fn, search, method)
-    extra: dict[str, Any] = {"data.dataset": args.dataset, "data.root": args.data_root, "epochs": args.epochs,
-                             "data.batch_size": args.batch_size, "recover_every": args.recover_every,
-                             "epsilon": args.epsilon, "out": args.out if args.resume else None}
-    cfg = cli.build_config(cfg_cls, args, extra, base=_base_config(args, preset_fn, method))
+    for flag in _FLAGS:
+        if getattr(args, flag) is not None and flag not in method.flags:
+            why = " (it trains nothing)" if flag in ("epochs", "batch_size") and not method.checkpoints else ""
+            raise ValueError(f"--{flag.replace('_', '-')}: not an option of --method {args.method}{why}")
+    extra: dict[str, Any] = {key: getattr(args, flag) for flag, key in method.flags.items()}
+    if args.method == "tenas" and args.dataset in ("cifar10", "cifar100", "imagenet"):
+        extra["tenas.dataset"] = args.dataset
+    if method.checkpoints:
+        extra["out"] = args.out if args.resume else None
+    cfg = cli.build_config(method.config_cls, args, extra, base=_base_config(args, method))
+    check_runtime(cfg)
     out = cfg.out
-    state = cli.load_resume(out, args.resume)
+    if method.checkpoints:
+        state = cli.load_resume(out, args.resume)
+    else:
+        if args.resume:
+            raise ValueError(f"--resume: a {args.method} search has no checkpoint; rerun it (same seed, same result)")
+        if os.path.exists(os.path.join(out, "result.json")):
+            raise ValueError(f"{out} holds a finished {args.method} search; choose another --out or delete it")
+        os.makedirs(out, exist_ok=True)
+        state = None
     if state is None:
         cli.write_run_info(out, cfg, cfg.seed)
     done = int(state["epoch"]) if state is not None else 0
-    desc = f"{args.method} search on {cfg.data.dataset}: {cfg.epochs} epochs, C={cfg.C}, layers={cfg.layers}, " \
+    print(_describe(args.method, cfg) + f", out={out}" + (f" (resuming after epoch {done})" if state is not None
+                                                          else ""), flush=True)
+    kwargs = method.launch_kwargs(cfg) if method.launch_kwargs is not None else {}
+    result = run_search(args.method, cfg, on_epoch_end=_epoch_hook(out, done if state is not None else None,
+                                                                   method.checkpoints),
+                        resume=state, progress=not args.no_progress, **kwargs)
+    paths = write_outputs(result, out)
+    _summary(args.method, cfg, result)
+    print(f"genotype {result.genotype_digest} -> {paths['genotype']}", flush=True)
+    return 0
+
+
+def _describe(name: str, cfg: Any) -> str:
+    """The one-line description of a run printed before it starts."""
+    if name == "tenas":
+        t = cfg.tenas
+        return (f"tenas search, space {t.space}, images: {cfg.num_images} of {cfg.data.dataset}, repeats "
+                f"{t.repeats}, device {cfg.device}")
+    if name == "random":
+        return f"random search, space {cfg.space}: {cfg.samples} samples, pick {cfg.pick}, seed {cfg.seed}"
+    desc = f"{name} search on {cfg.data.dataset}: {cfg.epochs} epochs, C={cfg.C}, layers={cfg.layers}, " \
            f"batch {cfg.data.batch_size}, device={cfg.device}"
-    if args.method in ("twostage", "onestage"):
+    if hasattr(cfg, "recovery"):
         desc += f", recover every {cfg.recover_every}, lambda={cfg.recovery.lam}, s={cfg.recovery.s}, " \
                 f"m={cfg.recovery.m}"
-    print(desc + f", out={out}" + (f" (resuming after epoch {done})" if state is not None else ""), flush=True)
-    kwargs = method.search_kwargs(cfg) if method.search_kwargs is not None else {}
-    result = search(cfg, report=cli.metrics_logger(out, resume_epoch=done), checkpoint=cli.checkpoint_hook(out),
-                    resume=state, progress=not args.no_progress, **kwargs)
-    from istanas.ista.twostage import write_outputs
+    return desc
 
-    paths = write_outputs(result, out)
-    final = result["final"]
+
+def _summary(name: str, cfg: Any, result: Any) -> None:
+    """What the run found, printed at its end (before the genotype's digest and file)."""
+    extra = result.extra
+    if name == "tenas":
+        print(f"done: {len(extra['rounds'])} pruning rounds, {result.wall_time_s:.1f} s", flush=True)
+        if extra.get("in_table") is not None:
+            acc = extra.get("accuracy")
+            print(f"NAS-Bench-201 table ({cfg.tenas.dataset}): "
+                  + (f"validation accuracy {acc:.2f}" if acc is not None else "this cell is not among its archs"))
+        print(extra["arch"])
+        return
+    final = result.final
+    if name == "random":
+        print(f"done: {final['samples']} samples, picked #{final['picked']} ({cfg.pick}), "
+              f"{final['params_m']:.3f} M parameters", flush=True)
+        print(result.genotype)
+        return
     acc_key = "val_acc" if "val_acc" in final else "test_acc"
     print(f"done: {final.get('epochs')} epochs, {acc_key} {final.get(acc_key, float('nan')):.4f}, "
-          f"{result['wall_time_s']:.1f} s search time", flush=True)
-    if "stop_epochs" in result:
-        print(f"nodes stopped searching after epochs {result['stop_epochs']}; search ended after epoch "
-              f"{result['switch_epoch'] or '- (still searching)'}", flush=True)
-    if "export" in result:
-        print(f"exported stand-alone model (Eq. 12) -> {result['export']['export']}", flush=True)
-    print(result["genotype"])
-    print(f"genotype {result['genotype_digest']} -> {paths['genotype']}", flush=True)
-    return 0
-
-
-def _run_tenas(args: argparse.Namespace, cfg_cls: type, preset_fn: Callable[[str], dict], run_job: Callable,
-               method: Method) -> int:
-    """TE-NAS: no epochs and no checkpoint (a search is minutes and repeatable from its seed)."""
-    for flag in ("epochs", "batch_size"):
-        if getattr(args, flag) is not None:
-            raise ValueError(f"--{flag.replace('_', '-')}: not an option of --method tenas (it trains nothing)")
-    extra: dict[str, Any] = {"data.dataset": args.dataset, "data.root": args.data_root, "tenas.space": args.space,
-                             "tenas.table_path": args.table}
-    if args.dataset in ("cifar10", "cifar100", "imagenet"):
-        extra["tenas.dataset"] = args.dataset
-    cfg = cli.build_config(cfg_cls, args, extra, base=_base_config(args, preset_fn, method))
-    out = cfg.out
-    if args.resume:
-        raise ValueError("--resume: a TE-NAS search has no checkpoint; rerun it (same seed, same result)")
-    if os.path.exists(os.path.join(out, "result.json")):
-        raise ValueError(f"{out} holds a finished TE-NAS search; choose another --out or delete it")
-    os.makedirs(out, exist_ok=True)
-    cli.write_run_info(out, cfg, cfg.seed)
-    t = cfg.tenas
-    print(f"tenas search, space {t.space}, images: {cfg.num_images} of {cfg.data.dataset}, repeats {t.repeats}, "
-          f"device {cfg.device}, out={out}", flush=True)
-    result = run_job(cfg, report=cli.metrics_logger(out))
-    from istanas.checkpoint import atomic_write_json, atomic_write_text
-
-    g = result["genotype"]
-    gpath = os.path.join(out, "genotype.json")
-    atomic_write_text(gpath, g.to_json(indent=2) + "\n")
-    rec = {k: v for k, v in result.items() if k != "genotype"}
-    rec["genotype"] = g.to_dict()
-    atomic_write_json(os.path.join(out, "result.json"), rec)
-    print(f"done: {len(result['rounds'])} pruning rounds, {result['wall_time_s']:.1f} s", flush=True)
-    if result.get("in_table") is not None:
-        acc = result.get("accuracy")
-        print(f"NAS-Bench-201 table ({t.dataset}): "
-              + (f"validation accuracy {acc:.2f}" if acc is not None else "this cell is not among its archs"))
-    print(result["arch"])
-    print(f"genotype {g.digest()} -> {gpath}", flush=True)
-    return 0
+          f"{result.wall_time_s:.1f} s search time", flush=True)
+    if "stop_epochs" in extra:
+        print(f"nodes stopped searching after epochs {extra['stop_epochs']}; search ended after epoch "
+              f"{extra['switch_epoch'] or '- (still searching)'}", flush=True)
+    if "export" in extra:
+        print(f"exported stand-alone model (Eq. 12) -> {extra['export']['export']}", flush=True)
+    print(result.genotype)
 
 
 def main(argv: list[str] | None = None) -> int:

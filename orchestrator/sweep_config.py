@@ -9,34 +9,33 @@ A sweep searches the hyper-parameters of the two-stage ISTA-NAS search (paper Al
 * ``epsilon``  the convergence threshold (0 = off);
 * ``lr`` / ``arch_lr`` (optional) the weight and architecture learning rates.
 
-Node j of a DARTS cell has n_j = (2 + j) K candidates (K = 7 ops, the reference drops ``none``): 14, 21, 28, 35.
-A range is ``{low, high, log}``, ``{choices: [...]}`` or ``{value: x}`` (fixed: recorded in every trial's config,
-not searched).  :func:`load_sweep_config` merges defaults < YAML < ``key=value`` overrides and calls
-:meth:`SweepConfig.validate`, which checks every field and builds the two-stage config at the corners of the
-space, so that bad input is rejected (``ConfigError``, a ``ValueError``) before ``ray.init``.
+Node j of a DARTS cell has n_j = (2 + j) K candidates (K = 7 ops, the reference drops ``none``): 14, 21, 28, 35
+(``TwoStageConfig.node_sizes``).  Where each parameter lands in the search config is the method's own business:
+``Method.sweep_params`` of :mod:`istanas.methods` (dotted keys such as ``recovery.lam``).  A range is
+``{low, high, log}``, ``{choices: [...]}`` or ``{value: x}`` (fixed: recorded in every trial's config, not
+searched).  :func:`load_sweep_config` merges defaults < YAML < flags < ``key=value`` overrides and calls
+:meth:`SweepConfig.validate`, which checks every field and lets the search config validate itself with each
+parameter at each end of its range, so that bad input is rejected (``ConfigError``, a ``ValueError``) before
+``ray.init``.
 """
 from __future__ import annotations
 
-import itertools
 import math
 import os
 import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Sequence
 
-from istanas.config import ConfigError, check, from_dict, parse_override, read_yaml, set_path, to_dict
+from istanas.config import (ConfigError, check, deep_merge, did_you_mean, flatten, from_dict, parse_override,
+                            preset_data, read_yaml, set_path, to_dict)
+from istanas.methods import Method, get_method, sweepable
+from istanas.retrain import RetrainConfig
+from istanas.tenas.job import TenasConfig
 
-METHODS = ("twostage",)
-SEARCH_SPACES = {"twostage": ("darts",)}   # cell spaces each method searches
 OBJECTIVES = ("val_acc", "tenas")
 SPACE_PARAMS = ("lam", "s", "m", "epsilon", "lr", "arch_lr")
 INT_PARAMS = ("s", "m")
 LOG_DEFAULT = {"lam": True, "lr": True, "arch_lr": True, "s": False, "m": False, "epsilon": False}
-# Where each searched value lands in the two-stage config (dotted keys).
-PARAM_TARGETS = {"lam": "recovery.lam", "s": "recovery.s", "m": "recovery.m", "epsilon": "epsilon",
-                 "lr": "lr", "arch_lr": "arch_lr"}
-DEFAULT_K = 7          # DARTS ops without 'none' (the reference's PRIMITIVES)
-DEFAULT_STEPS = 4      # intermediate nodes per cell
 REPORT_METRIC = "objective"   # the key every trial report carries for the searcher
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _URI_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
@@ -235,10 +234,15 @@ class SweepConfig(StoragePathMixin):
                 names.append(name)
         return names
 
+    @property
+    def method_spec(self) -> Method:
+        """The :class:`istanas.methods.Method` each trial runs."""
+        return get_method(self.method)
+
     def node_sizes(self) -> list[int]:
-        """n_j = (2 + j) K for the nodes of a cell (14, 21, 28, 35 for K = 7, 4 nodes)."""
-        k, steps = _space_shape(self)
-        return [(2 + j) * k for j in range(steps)]
+        """n_j = (2 + j) K for the nodes of a cell (14, 21, 28, 35 for K = 7, 4 nodes): the base search config's
+        ``node_sizes()`` (preset < ``search``)."""
+        return build_search_config(self, {}, validate=False).node_sizes()
 
     # ----------------------------------------------------------------------------------------- validation
     def validate(self) -> None:
@@ -248,8 +252,9 @@ class SweepConfig(StoragePathMixin):
               f"name: {self.name!r} must be letters, digits, '_', '.' or '-' (it names a folder and a Ray actor)")
         check(isinstance(self.storage_path, str) and self.storage_path.strip() != "",
               "storage_path: give a local folder or a URI such as s3://bucket/sweeps")
-        check(self.method in METHODS, f"method: unknown method {self.method!r}; choose one of {list(METHODS)}")
-        spaces = SEARCH_SPACES[self.method]
+        if self.method not in sweepable():
+            raise did_you_mean("method", self.method, sweepable(), "method")
+        spaces = self.method_spec.spaces
         check(self.search_space in spaces,
               f"search_space: unknown space {self.search_space!r} for method {self.method!r}; choose one of "
               f"{list(spaces)}" + (" (NAS-Bench-201 is searched by TE-NAS, launch/tenas.py)"
@@ -277,7 +282,7 @@ class SweepConfig(StoragePathMixin):
         self._validate_space()
         self._validate_asha()
         self._validate_points()
-        self._validate_search_corners()
+        self._validate_search()
         self._validate_retrain()
         self._validate_tenas()
 
@@ -325,12 +330,13 @@ class SweepConfig(StoragePathMixin):
         check(len(set(r.seeds)) == len(r.seeds), f"retrain.seeds: repeated seeds in {r.seeds}")
         check(r.epochs is None or r.epochs >= 1, f"retrain.epochs must be >= 1 or null, got {r.epochs}")
         if r.top_k > 0:
-            from istanas.retrain import RETRAIN_PRESETS
-
-            check(r.preset in RETRAIN_PRESETS,
-                  f"retrain.preset: unknown preset {r.preset!r}; choose one of {sorted(RETRAIN_PRESETS)}")
+            if r.preset not in RetrainConfig.PRESETS:
+                raise did_you_mean("retrain.preset", r.preset, list(RetrainConfig.PRESETS), "preset")
             cfg = build_retrain_config(self, genotype=None, seed=r.seeds[0], search_data=None, validate=False)
-            _validate_retrain_config(cfg)
+            try:  # the genotype is only known after the search: everything else is checked now
+                cfg.validate(genotype=False)
+            except ConfigError as e:
+                raise ConfigError(f"retrain: {e}") from None
 
     def _validate_points(self) -> None:
         names = set(self.tune_param_names())
@@ -349,38 +355,26 @@ class SweepConfig(StoragePathMixin):
                     j = int(key[2:])
                     check(v <= sizes[j], f"points_to_evaluate[{i}].{key} = {v} exceeds n_{j} = {sizes[j]}")
 
-    def _validate_search_corners(self) -> None:
-        """Build the two-stage config at every corner of the space and let it validate itself."""
-        corners = []
-        params = self.space_params()
-        grids = []
-        for name, r in params.items():
-            vals = r.candidates()
-            if name in INT_PARAMS:
-                vals = [int(v) for v in vals]
-            grids.append([(name, v) for v in sorted(set(vals), key=lambda x: (str(type(x)), x))])
-        for combo in itertools.islice(itertools.product(*grids), 64):
-            trial = {}
-            for name, v in combo:
-                if name == "m" and self.space.m_per_node:
-                    for j, nj in enumerate(self.node_sizes()):
-                        trial[f"m_{j}"] = min(int(v), nj)
-                else:
-                    trial[name] = v
-            corners.append(trial)
+    def _validate_search(self) -> None:
+        """The search config validates itself: once with the base settings, then with each searched parameter at
+        each end of its range (the config's constraints are per field, so the ends cover every trial)."""
         base = build_search_config(self, {}, validate=True)  # settings that are wrong whatever is sampled
-        epochs = getattr(base, "epochs", None)
-        for trial in corners:
-            try:
-                scfg = build_search_config(self, trial, validate=True)
-            except ConfigError as e:
-                raise ConfigError(f"search config at {trial}: {e}") from None
-            epochs = getattr(scfg, "epochs", None)
-        if self.asha.enabled and isinstance(epochs, int):
-            max_t = self.asha.max_t or epochs
+        sizes = base.node_sizes()
+        for name, r in self.space_params().items():
+            for v in sorted(set(int(x) if name in INT_PARAMS else x for x in r.candidates())):
+                if name == "m" and self.space.m_per_node:
+                    trial = {f"m_{j}": min(int(v), nj) for j, nj in enumerate(sizes)}
+                else:
+                    trial = {name: v}
+                try:
+                    build_search_config(self, trial, validate=True)
+                except ConfigError as e:
+                    raise ConfigError(f"search config at {trial}: {e}") from None
+        if self.asha.enabled:
+            max_t = self.asha.max_t or base.epochs
             check(self.asha.grace_period <= max_t,
                   f"asha.grace_period = {self.asha.grace_period} exceeds the rung horizon max_t = {max_t} "
-                  f"(asha.max_t, default the search's {epochs} epochs)")
+                  f"(asha.max_t, default the search's {base.epochs} epochs)")
 
     def _validate_tenas(self) -> None:
         if self.objective != "tenas":
@@ -462,97 +456,39 @@ def _check_range(name: str, r: ParamRange) -> None:
             check(r.low > 0, f"{where}: a log range needs low > 0, got {r.low}")
 
 
-def _space_shape(cfg: SweepConfig) -> tuple[int, int]:
-    """(K ops, steps) of the two-stage space: read from the base search config when it says, else (7, 4)."""
-    try:
-        base = _base_search_dict(cfg)
-    except ConfigError:
-        return DEFAULT_K, DEFAULT_STEPS
-    k = DEFAULT_K
-    try:  # the ops the super-net searches over (the reference's 7 DARTS ops without 'none')
-        from istanas.supernet import ISTA_PRIMITIVES
-
-        k = len([o for o in ISTA_PRIMITIVES if o != "none"])
-    except ImportError:
-        pass
-    for key in ("primitives", "ops", "candidate_ops"):
-        v = base.get(key)
-        if isinstance(v, (list, tuple)) and v:
-            k = len([o for o in v if o != "none"])
-            break
-    steps = base.get("steps", DEFAULT_STEPS)
-    steps = int(steps) if isinstance(steps, int) and steps >= 1 else DEFAULT_STEPS
-    return k, steps
-
-
-def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"data": {"limit_train": 5}, "lr": 1}`` -> ``{"data.limit_train": 5, "lr": 1}`` (dotted keys kept)."""
-    out: dict[str, Any] = {}
-    for k, v in data.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping) and v:
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
-def _apply_dotted(data: dict[str, Any], dotted: Mapping[str, Any], where: str) -> dict[str, Any]:
-    out = data
-    for key, value in dotted.items():
-        path = str(key).replace("-", "_").split(".")
-        node = out
-        for p in path[:-1]:
-            child = node.get(p)
-            if not isinstance(child, dict):
-                if child is not None or p not in node:
-                    raise ConfigError(f"{where}: unknown key {key!r} ({p!r} is not a section)")
-                child = {}
-            node[p] = child
-            node = child
-        node[path[-1]] = value
-    return out
-
-
-def _twostage():
-    """``istanas.ista.twostage`` (imported lazily: Ray workers and the CLI's --help do not need torch up front)."""
-    import istanas.ista.twostage as ts
-
-    return ts
-
-
 def _base_search_dict(cfg: SweepConfig) -> dict[str, Any]:
-    ts = _twostage()
+    """The method's preset ``search_preset`` as a full field mapping."""
+    m = cfg.method_spec
     try:
-        base = ts.TwoStageConfig.preset(cfg.search_preset)
-    except (ConfigError, KeyError, ValueError) as e:
+        return preset_data(m.config_cls, cfg.search_preset, presets=m.presets)
+    except ConfigError as e:
         raise ConfigError(f"search_preset: {e}") from None
-    return to_dict(base)
 
 
 def trial_overrides(cfg: SweepConfig, trial: Mapping[str, Any]) -> dict[str, Any]:
-    """A trial's sampled values as dotted two-stage keys (``m_0..m_3`` -> ``recovery.m = [..]``)."""
+    """A trial's sampled values as the method's dotted config keys (``Method.sweep_params``; ``m_0..m_3`` ->
+    ``recovery.m = [..]``)."""
+    targets = cfg.method_spec.sweep_params
     out: dict[str, Any] = {}
     m_nodes = sorted((k for k in trial if re.fullmatch(r"m_\d+", k)), key=lambda k: int(k[2:]))
     for key, v in trial.items():
         if key in m_nodes:
             continue
-        if key not in PARAM_TARGETS:
-            raise ConfigError(f"trial config: unknown parameter {key!r}")
-        out[PARAM_TARGETS[key]] = int(v) if key in INT_PARAMS else float(v)
+        if key not in targets:
+            raise did_you_mean("trial config", key, list(targets), "parameter")
+        out[targets[key]] = int(v) if key in INT_PARAMS else float(v)
     if m_nodes:
-        out[PARAM_TARGETS["m"]] = [int(trial[k]) for k in m_nodes]
+        out[targets["m"]] = [int(trial[k]) for k in m_nodes]
     return out
 
 
 def build_search_config(cfg: SweepConfig, trial: Mapping[str, Any], validate: bool = True):
-    """The :class:`istanas.ista.twostage.TwoStageConfig` of one trial: preset < ``cfg.search`` < sampled values."""
-    ts = _twostage()
-    data = _base_search_dict(cfg)
-    data = _apply_dotted(data, flatten(cfg.search), "search")
-    data = _apply_dotted(data, trial_overrides(cfg, trial), "space")
+    """The method's config (:class:`istanas.ista.twostage.TwoStageConfig`) of one trial: preset < ``cfg.search``
+    < sampled values (dotted keys, merged by :func:`istanas.config.deep_merge`)."""
+    data = deep_merge(_base_search_dict(cfg), cfg.search, skip_none=False)
+    data = deep_merge(data, trial_overrides(cfg, trial), skip_none=False)
     try:
-        scfg = from_dict(ts.TwoStageConfig, data)
+        scfg = from_dict(cfg.method_spec.config_cls, data)
         if validate:
             scfg.validate()
     except ConfigError as e:
@@ -570,12 +506,10 @@ def build_retrain_config(cfg: SweepConfig, genotype: Optional[str], seed: int,
     """The :class:`istanas.retrain.RetrainConfig` of one retraining: preset < the search's data source
     (:data:`DATA_IDENTITY` fields) < ``retrain.epochs`` < ``retrain.overrides``; ``genotype`` is JSON text
     (``None``: a published stand-in, for validation)."""
-    from istanas.retrain import RetrainConfig, preset_dict
-
-    data = preset_dict(cfg.retrain.preset)
+    data = preset_data(RetrainConfig, cfg.retrain.preset)
     if search_data is None:
         try:
-            search_data = _apply_dotted(_base_search_dict(cfg), flatten(cfg.search), "search").get("data")
+            search_data = deep_merge(_base_search_dict(cfg), cfg.search, skip_none=False).get("data")
         except ConfigError:
             search_data = None
     if isinstance(search_data, Mapping):  # the same images; batching and augmentation stay the preset's
@@ -584,7 +518,7 @@ def build_retrain_config(cfg: SweepConfig, genotype: Optional[str], seed: int,
         data["epochs"] = int(cfg.retrain.epochs)
     data["seed"] = int(seed)
     data["genotype"] = genotype if genotype is not None else "DARTS_V2"
-    data = _apply_dotted(data, flatten(cfg.retrain.overrides), "retrain.overrides")
+    data = deep_merge(data, cfg.retrain.overrides, skip_none=False)
     try:
         rcfg = from_dict(RetrainConfig, data)
     except ConfigError as e:
@@ -594,27 +528,12 @@ def build_retrain_config(cfg: SweepConfig, genotype: Optional[str], seed: int,
     return rcfg
 
 
-def _validate_retrain_config(rcfg) -> None:
-    """``RetrainConfig.validate`` without the genotype check (the genotype is only known after the search)."""
-    saved = rcfg.genotype
-    try:
-        rcfg.validate()
-    except ConfigError as e:
-        if str(e).startswith("genotype"):
-            return  # the stand-in genotype is not available: everything else was checked before it
-        raise ConfigError(f"retrain: {e}") from None
-    finally:
-        rcfg.genotype = saved
-
-
 def build_tenas_config(cfg: SweepConfig, image_size: int, num_classes: int):
-    """The :class:`istanas.tenas.search.TenasConfig` of the ``tenas`` objective (DARTS space, the search data's
+    """The :class:`istanas.tenas.job.TenasConfig` of the ``tenas`` objective (DARTS space, the search data's
     image size and classes) with ``cfg.tenas`` overrides."""
-    from istanas.tenas.search import TenasConfig
-
     base = {"space": "darts", "dataset": "cifar10", "num_classes": int(num_classes), "input_size": int(image_size),
             "device": "cpu"}
-    base.update(cfg.tenas)
+    base = deep_merge(base, cfg.tenas, skip_none=False)
     try:
         return from_dict(TenasConfig, base)
     except ConfigError as e:
@@ -640,36 +559,28 @@ def _merge_range(default: Mapping[str, Any], given: Any) -> Any:
 
 
 def merge_sweep_data(*layers: Mapping[str, Any]) -> dict[str, Any]:
-    """Merge config layers (later wins).  Sections merge key by key; a space entry switches kind cleanly
-    (``choices`` replaces ``low``/``high``); ``search``/``tenas``/``retrain.overrides`` merge as dotted keys."""
+    """Merge config layers (later wins) with :func:`istanas.config.deep_merge`; a space entry switches kind
+    cleanly (``choices`` replaces ``low``/``high``, :func:`_merge_range`); ``search``, ``tenas`` and
+    ``retrain.overrides`` are kept as flat dotted keys (the search configs' own keys)."""
     out: dict[str, Any] = to_dict(SweepConfig())
     for layer in layers:
-        for key, value in layer.items():
-            key = str(key).replace("-", "_")
-            if key == "space" and isinstance(value, Mapping):
-                space = dict(out.get("space") or {})
-                for pname, pval in value.items():
-                    cur = space.get(pname)
-                    space[pname] = _merge_range(cur, pval) if isinstance(cur, Mapping) else pval
-                out["space"] = space
-            elif key in ("search", "tenas") and isinstance(value, Mapping):
-                merged = flatten(out.get(key) or {})
-                merged.update(flatten(value))
-                out[key] = merged
-            elif key in ("asha", "resources_per_trial", "retrain") and isinstance(value, Mapping):
-                sec = dict(out.get(key) or {})
-                for k2, v2 in value.items():
-                    if key == "retrain" and k2 == "overrides" and isinstance(v2, Mapping):
-                        o = flatten(sec.get("overrides") or {})
-                        o.update(flatten(v2))
-                        sec["overrides"] = o
-                    elif key == "retrain" and k2 == "resources" and isinstance(v2, Mapping):
-                        sec["resources"] = {**(sec.get("resources") or {}), **v2}
-                    else:
-                        sec[k2] = v2
-                out[key] = sec
-            else:
-                out[key] = value
+        layer = {str(k).replace("-", "_"): v for k, v in layer.items()}
+        has_space, space = "space" in layer, layer.pop("space", None)
+        out = deep_merge(out, layer, skip_none=False)
+        if isinstance(space, Mapping):
+            merged = dict(out.get("space") or {})
+            for pname, pval in space.items():
+                cur = merged.get(pname)
+                merged[pname] = _merge_range(cur, pval) if isinstance(cur, Mapping) else pval
+            out["space"] = merged
+        elif has_space:
+            out["space"] = space
+    for key in ("search", "tenas"):
+        if isinstance(out.get(key), Mapping):
+            out[key] = flatten(out[key])
+    retrain = out.get("retrain")
+    if isinstance(retrain, Mapping) and isinstance(retrain.get("overrides"), Mapping):
+        out["retrain"] = {**retrain, "overrides": flatten(retrain["overrides"])}
     return out
 
 
@@ -699,11 +610,7 @@ def load_sweep_config(path: Optional[str] = None, overrides: Sequence[str] = (),
     if path:
         layers.append(read_yaml(path))
     if extra:
-        ex: dict[str, Any] = {}
-        for k, v in extra.items():
-            if v is not None:
-                set_path(ex, str(k).split("."), v)
-        layers.append(ex)
+        layers.append(deep_merge({}, extra))
     if overrides:
         layers.append(overrides_to_layer(overrides))
     data = merge_sweep_data(*layers)
@@ -713,6 +620,6 @@ def load_sweep_config(path: Optional[str] = None, overrides: Sequence[str] = (),
     return cfg
 
 
-__all__ = ["SweepConfig", "SpaceConfig", "ParamRange", "AshaConfig", "Resources", "RetrainSpec", "METHODS",
-           "OBJECTIVES", "PARAM_TARGETS", "load_sweep_config", "merge_sweep_data", "build_search_config",
+__all__ = ["SweepConfig", "SpaceConfig", "ParamRange", "AshaConfig", "Resources", "RetrainSpec",
+           "OBJECTIVES", "load_sweep_config", "merge_sweep_data", "build_search_config",
            "build_retrain_config", "build_tenas_config", "trial_overrides", "flatten"]

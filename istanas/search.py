@@ -1,0 +1,112 @@
+"""The one search runner: ``run_search(method, cfg) -> SearchResult`` for every method of :mod:`istanas.methods`.
+
+An engine method (two-stage Algorithm 1, DARTS, one-stage Algorithm 2) gives a Task factory: the runner validates
+the config, probes the machine (:func:`check_runtime`), seeds, builds the task, runs :func:`istanas.engine.run`
+for ``cfg.epochs`` with one ``on_epoch_end(metrics, state)`` hook and assembles the :class:`SearchResult`; the
+method's post-run hook then adds what only it knows (one-stage: stop report, parameter count, export).  Other
+methods (TE-NAS, random search) give a function that returns the result itself.
+
+The result and its files (:class:`SearchResult`, :func:`write_outputs`) live in :mod:`istanas.result`.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from typing import Any, Callable, Iterator, Optional
+
+import torch
+
+from . import engine
+from .checkpoint import seed_everything
+from .config import ConfigError, to_dict
+from .methods import Method, get_method
+from .result import SearchResult, plot_cells, write_outputs
+
+OnEpochEnd = Callable[[dict, dict], None]
+
+
+# ------------------------------------------------------------------------------------------------- machine probes
+def check_runtime(cfg: Any) -> None:
+    """The machine probes of a config (kept out of ``validate()``, which checks the schema only): ``device`` and
+    ``recovery.device`` name a device this machine has.  Raises :class:`ConfigError` naming the field."""
+    for name, dev in (("device", getattr(cfg, "device", None)),
+                      ("recovery.device", getattr(getattr(cfg, "recovery", None), "device", None))):
+        if dev is None:
+            continue
+        try:
+            engine.resolve_device(dev)
+        except (ValueError, RuntimeError) as e:
+            raise ConfigError(f"{name}: {e}") from None
+
+
+@contextlib.contextmanager
+def deterministic_algorithms(enabled: bool) -> Iterator[None]:
+    """Deterministic cuDNN and torch algorithms inside the block (restored after it); a no-op when disabled.
+
+    cuBLAS needs ``CUBLAS_WORKSPACE_CONFIG`` set before its first use in the process; it is set here if absent.
+    Ops without a deterministic CUDA kernel warn instead of failing (``warn_only``).
+    """
+    if not enabled:
+        yield
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    prev = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
+            torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = prev[0], prev[1]
+        torch.use_deterministic_algorithms(prev[2], warn_only=prev[3])
+
+
+# ------------------------------------------------------------------------------------------------------- runner
+def run_search(method: str, cfg: Any, *, data: Any = None, on_epoch_end: Optional[OnEpochEnd] = None,
+               resume: Optional[dict] = None, progress: bool = True, **method_kwargs: Any) -> SearchResult:
+    """Run the search ``method`` (a name of :data:`istanas.methods.METHODS`) with config ``cfg``.
+
+    ``data``: loaders (default: the method's own, from ``cfg.data``); ``on_epoch_end(metrics, state)`` runs after
+    every epoch (:func:`istanas.engine.run`; ``state["task"]`` is the task's state dict); ``resume`` is such a
+    state.  ``method_kwargs`` go to the method (one-stage: ``dist``, ``export_dir``).
+    """
+    m = get_method(method)
+    if not isinstance(cfg, m.config_cls):
+        raise ConfigError(f"method {m.name}: expected a {m.config_cls.__name__}, got {type(cfg).__name__}")
+    cfg.validate()
+    check_runtime(cfg)
+    if m.task is None:
+        return m.run(cfg, data=data, on_epoch_end=on_epoch_end, resume=resume, progress=progress, **method_kwargs)
+    return _run_engine(m, cfg, data, on_epoch_end, resume, progress, method_kwargs)
+
+
+def _run_engine(m: Method, cfg: Any, data: Any, on_epoch_end: Optional[OnEpochEnd], resume: Optional[dict],
+                progress: bool, kwargs: dict[str, Any]) -> SearchResult:
+    t0 = time.perf_counter()
+    det = bool(getattr(cfg, "deterministic", True)) and engine.resolve_device(cfg.device).type == "cuda"
+    with deterministic_algorithms(det):
+        seed_everything(cfg.seed)
+        task = m.task(cfg, data, **kwargs)
+        history = engine.run(task, epochs=cfg.epochs, on_epoch_end=on_epoch_end, resume=resume, progress=progress,
+                             desc=m.name)
+    last = history[-1] if history else {}
+    final = {k: float(last[k]) for k in ("val_acc", "val_loss", "train_acc", "train_loss", "test_acc", "test_loss")
+             if k in last}
+    final["epochs"] = len(history)
+    if hasattr(task, "converged_epoch"):
+        final["converged_epoch"] = int(task.converged_epoch)
+    if hasattr(task, "recoveries"):
+        final["recoveries"] = int(task.recoveries)
+    result = SearchResult(method=m.name, genotype=task.genotype(), history=history, final=final,
+                          config=to_dict(cfg), device=str(task.device),
+                          wall_time_s=float(sum(h.get("epoch_time_s", 0.0) for h in history)),
+                          session_time_s=time.perf_counter() - t0)
+    if hasattr(task, "support_host"):
+        result.extra["support"] = task.support_host.tolist()
+    if m.finish is not None:
+        m.finish(task, result, **kwargs)
+    return result
+
+
+__all__ = ["SearchResult", "run_search", "write_outputs", "plot_cells", "deterministic_algorithms", "check_runtime"]
