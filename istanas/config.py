@@ -2,10 +2,12 @@
 
 Every job (retrain, two-stage, one-stage, DARTS, TE-NAS, sweep, ImageNet search) defines one dataclass with
 defaults, a ``validate()`` method (schema checks only; machine probes live in ``istanas.search.check_runtime``) and
-its named whole setups in a ``PRESETS`` class variable.  The one merge: :func:`compose` layers defaults < preset
-(:func:`preset_data`) < YAML < flags < ``--set`` (:func:`deep_merge` for layers, :func:`set_path` for one
-``key=value``), rejects unknown keys with a "did you mean" hint, coerces scalar types and calls ``validate()``, so
-that bad input fails before any data is read or any cluster starts.  :class:`SearchOptimConfig` holds the fields
+its named whole setups in a ``PRESETS`` class variable (:func:`preset_data` / :func:`preset`).  The one merge:
+defaults < preset < YAML < flags < ``--set``, layer by layer with :func:`deep_merge` (nested mappings merge, dotted
+keys reach nested fields) and :func:`merge_overrides` for ``key=value`` texts (``istanas.cli.build_config`` is the
+launchers' chain, the sweep and the Ray Train job use the same two functions); :func:`from_dict` rejects unknown
+keys with a "did you mean" hint and coerces scalar types, and ``validate()`` runs before any data is read or any
+cluster starts.  :class:`SearchOptimConfig` holds the fields
 that every weight-sharing search (two-stage, DARTS, one-stage) shares.
 """
 from __future__ import annotations
@@ -216,9 +218,9 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
 def load_config(cls: type[T], path: str | os.PathLike | None = None, overrides: Sequence[str] = (),
                 base: Mapping[str, Any] | None = None) -> T:
     """Defaults < ``base`` < YAML file < overrides, then ``validate()``."""
-    data: dict[str, Any] = dict(base or {})
+    data = deep_merge({}, base or {}, skip_none=False)
     if path:
-        data.update(read_yaml(path))
+        data = deep_merge(data, read_yaml(path), skip_none=False)
     data = merge_overrides(data, overrides)
     cfg = from_dict(cls, data)
     validate = getattr(cfg, "validate", None)
@@ -274,21 +276,6 @@ def preset_data(cls: type, name: str, overrides: Mapping[str, Any] | None = None
 def preset(cls: type[T], name: str, **overrides: Any) -> T:
     """An instance of ``cls`` from preset ``name`` (see :func:`preset_data`); not validated."""
     return from_dict(cls, preset_data(cls, name, overrides))
-
-
-def compose(cls: type[T], *layers: Mapping[str, Any] | None, sets: Sequence[str] = (), validate: bool = True) -> T:
-    """THE merge: ``cls`` defaults < each layer in order (a preset's :func:`preset_data`, a YAML mapping, the
-    launcher's explicit flags; ``None`` values inside a layer = "not given") < ``sets`` (``key.sub=value`` texts),
-    then ``validate()``."""
-    data: dict[str, Any] = {}
-    for i, layer in enumerate(layers):
-        data = deep_merge(data, layer or {}, skip_none=i > 0)
-    data = merge_overrides(data, sets)
-    cfg = from_dict(cls, data)
-    check_fn = getattr(cfg, "validate", None)
-    if validate and callable(check_fn):
-        check_fn()
-    return cfg
 
 
 # ------------------------------------------------------------------------------------- shared search settings

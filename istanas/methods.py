@@ -35,7 +35,8 @@ class Method:
     ``run``: how it runs (see the module doc); ``flags``: the ``launch/search.py`` flags it takes and the dotted
     config key each sets (``None`` values = not given); ``launch_kwargs(cfg)``: extra keywords the launcher passes
     to ``run_search``; ``sweep_params``: the sweep's parameter names -> dotted config keys (empty: not sweepable);
-    ``checkpoints``: whether a run writes a per-epoch checkpoint (and so can be resumed).
+    ``checkpoints``: whether a run writes a per-epoch checkpoint (and so can be resumed); ``describe(cfg)`` /
+    ``summary(cfg, result)``: the launcher's line before a run and lines after it (default: an engine search's).
     """
 
     name: str
@@ -51,6 +52,8 @@ class Method:
     launch_kwargs: Optional[Callable[[Any], dict]] = None
     sweep_params: Mapping[str, str] = field(default_factory=dict)
     checkpoints: bool = True
+    describe: Optional[Callable[[Any], str]] = None
+    summary: Optional[Callable[[Any, SearchResult], list[str]]] = None
 
     def __post_init__(self) -> None:
         if (self.task is None) == (self.run is None):
@@ -99,6 +102,22 @@ def _run_tenas(cfg: TenasJobConfig, *, data: Any = None, on_epoch_end: Optional[
                         record_keys=("wall_time_s", "config"), pictures=False)
 
 
+def _describe_tenas(cfg: TenasJobConfig) -> str:
+    t = cfg.tenas
+    return (f"tenas search, space {t.space}, images: {cfg.num_images} of {cfg.data.dataset}, repeats {t.repeats}, "
+            f"device {cfg.device}")
+
+
+def _summary_tenas(cfg: TenasJobConfig, result: SearchResult) -> list[str]:
+    extra = result.extra
+    lines = [f"done: {len(extra['rounds'])} pruning rounds, {result.wall_time_s:.1f} s"]
+    if extra.get("in_table") is not None:
+        acc = extra.get("accuracy")
+        lines.append(f"NAS-Bench-201 table ({cfg.tenas.dataset}): "
+                     + (f"validation accuracy {acc:.2f}" if acc is not None else "this cell is not among its archs"))
+    return lines + [extra["arch"]]
+
+
 #: The two-stage search's parameters as the sweep names them -> its dotted config keys.
 TWOSTAGE_SWEEP = {"lam": "recovery.lam", "s": "recovery.s", "m": "recovery.m", "epsilon": "epsilon", "lr": "lr",
                   "arch_lr": "arch_lr"}
@@ -122,7 +141,7 @@ METHODS: dict[str, Method] = {
         "tenas", "TE-NAS training-free pruning search (NTK condition number + linear regions), --space nb201 or "
         "darts", TenasJobConfig, ("nb201", "darts"), run=_run_tenas, presets=TENAS_PRESETS,
         flags={"dataset": "data.dataset", "data_root": "data.root", "space": "tenas.space",
-               "table": "tenas.table_path"}, checkpoints=False),
+               "table": "tenas.table_path"}, checkpoints=False, describe=_describe_tenas, summary=_summary_tenas),
 }
 
 

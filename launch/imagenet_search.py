@@ -20,16 +20,21 @@ again with --resume (same --name and --storage-path).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from typing import Any
+
+import yaml
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:  # run from a checkout without installation
     sys.path.insert(0, _ROOT)
 
 from istanas import cli  # noqa: E402
-from istanas.config import ConfigError, from_dict, parse_override, read_yaml, set_path, to_dict  # noqa: E402
+from istanas.config import ConfigError, deep_merge, from_dict, parse_override, read_yaml, set_path, to_dict  # noqa: E402
+from orchestrator.train_onestage import (DistSearchConfig, build_search_config, check_run,  # noqa: E402
+                                         run_distributed_search)
 
 PRESETS = ("imagenet", "cifar10", "small")
 
@@ -113,18 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _job_fields() -> set[str]:
-    import dataclasses
-
-    from orchestrator.train_onestage import DistSearchConfig
-
-    return {f.name for f in dataclasses.fields(DistSearchConfig)}
-
-
-def build_job(args: argparse.Namespace):
-    """The validated :class:`orchestrator.train_onestage.DistSearchConfig` of the command line."""
-    from orchestrator.train_onestage import DistSearchConfig
-
+def build_job(args: argparse.Namespace) -> DistSearchConfig:
+    """The validated :class:`orchestrator.train_onestage.DistSearchConfig` of the command line: built-in defaults
+    < ``--config`` YAML < flags < ``--set`` (:func:`istanas.config.deep_merge`; ``--set`` keys that are not job
+    fields go to the one-stage ``search`` mapping)."""
     for flag in ("num_workers", "global_batch_size", "epochs", "search_epochs", "train_epochs", "image_size",
                  "limit_train"):
         v = getattr(args, flag)
@@ -133,36 +130,27 @@ def build_job(args: argparse.Namespace):
     data: dict[str, Any] = read_yaml(args.config) if args.config else {}
     if not isinstance(data.get("search", {}), dict):
         raise ConfigError("--config: `search` must be a mapping of one-stage keys")
-    search: dict[str, Any] = dict(data.get("search") or {})
-    data["search"] = search
-    job_flags = {"name": args.name, "storage_path": args.storage_path, "num_workers": args.num_workers,
-                 "cpus_per_worker": args.cpus_per_worker, "gpus_per_worker": args.gpus_per_worker,
-                 "global_batch_size": args.global_batch_size, "max_failures": args.max_failures,
-                 "address": args.address, "num_cpus": args.num_cpus, "dashboard_host": args.dashboard_host,
-                 "search_preset": args.preset}
+    flags: dict[str, Any] = {"name": args.name, "storage_path": args.storage_path, "num_workers": args.num_workers,
+                             "cpus_per_worker": args.cpus_per_worker, "gpus_per_worker": args.gpus_per_worker,
+                             "global_batch_size": args.global_batch_size, "max_failures": args.max_failures,
+                             "address": args.address, "num_cpus": args.num_cpus,
+                             "dashboard_host": args.dashboard_host, "search_preset": args.preset}
     if args.use_gpu:
-        job_flags["use_gpu"] = True
+        flags["use_gpu"] = True
         if args.cpus_per_worker is None and "cpus_per_worker" not in data:
-            job_flags["cpus_per_worker"] = 8
+            flags["cpus_per_worker"] = 8
     if args.no_dashboard:
-        job_flags["dashboard"] = False
-    data.update({k: v for k, v in job_flags.items() if v is not None})
-    search_flags = {("data", "root"): args.data, ("data", "holdout_fraction"): args.holdout_fraction,
-                    ("data", "image_size"): args.image_size, ("data", "limit_train"): args.limit_train,
-                    ("data", "num_workers"): args.loader_workers, ("epochs",): args.epochs,
-                    ("search_epochs",): args.search_epochs, ("train_epochs",): args.train_epochs,
-                    ("seed",): args.seed}
-    for path, v in search_flags.items():
-        if v is not None:
-            set_path(search, list(path), v)
-    job_keys = _job_fields()
+        flags["dashboard"] = False
+    flags["search"] = {"data.root": args.data, "data.holdout_fraction": args.holdout_fraction,
+                       "data.image_size": args.image_size, "data.limit_train": args.limit_train,
+                       "data.num_workers": args.loader_workers, "epochs": args.epochs,
+                       "search_epochs": args.search_epochs, "train_epochs": args.train_epochs, "seed": args.seed}
+    data = deep_merge(data, flags)
+    job_keys = {f.name for f in dataclasses.fields(DistSearchConfig)}
     for text in args.set:
         path, value = parse_override(text)
-        if path[0] in job_keys:
-            set_path(data, path, value)
-        else:
-            set_path(search, path, value)
-    if not (search.get("data") or {}).get("root"):
+        set_path(data, path if path[0] in job_keys else ["search", *path], value)
+    if not (data["search"].get("data") or {}).get("root"):
         raise ConfigError("--data: give the ImageFolder root (train/ and val/ class folders) or a .zip of it")
     cfg = from_dict(DistSearchConfig, data)
     cfg.validate()
@@ -203,12 +191,8 @@ def check_image_folder(cfg) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from orchestrator.train_onestage import build_search_config, check_run, run_distributed_search
-
     cfg = build_job(args)
     if args.print_config:
-        import yaml
-
         job = to_dict(cfg)
         job.pop("search")
         print(yaml.safe_dump({"job": job, "search": to_dict(build_search_config(cfg, device="cpu"))},

@@ -65,8 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=sorted(METHODS), default="twostage",
                    help="; ".join(f"{k}: {m.help}" for k, m in METHODS.items()) + " (default: twostage)")
     p.add_argument("--preset", default=None,
-                   help="a whole setup: small (digits, a few CPU minutes; default) or reference (the reference's "
-                        "CIFAR-10 search); onestage: small, cifar10 or imagenet")
+                   help="a whole setup (default small: digits, a few CPU minutes; reference: the reference's "
+                        "CIFAR-10 search); " + "; ".join(f"{k}: {', '.join(m.presets)}" for k, m in METHODS.items()))
     p.add_argument("--dataset", choices=DATASETS, help="dataset (default: the preset's)")
     p.add_argument("--data-root", metavar="PATH", help="dataset folder or .zip (CIFAR batches, ImageFolder, zip)")
     p.add_argument("--epochs", type=int, metavar="N",
@@ -77,8 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epsilon", type=float, metavar="EPS",
                    help="twostage: stop once every node's ||z_new - z_old|| over an epoch is <= EPS (0 = off); "
                         "onestage: a node stops searching once its change over an epoch is <= EPS (default 1e-3)")
-    p.add_argument("--space", choices=["nb201", "darts"],
-                   help="tenas: the cell space to prune (default nb201)")
+    multi = {k: m.spaces for k, m in METHODS.items() if "space" in m.flags}
+    p.add_argument("--space", choices=sorted({s for m in METHODS.values() for s in m.spaces}),
+                   help="the cell space, for " + "; ".join(f"{k}: {' or '.join(v)} (default {v[0]})"
+                                                           for k, v in multi.items()))
     p.add_argument("--table", metavar="PATH",
                    help="tenas, nb201: NAS-Bench-201 accuracy table (zc_nasbench201.json) to look the found cell up")
     cli.add_common_args(p, default_out="runs/search-<method>")
@@ -150,26 +152,22 @@ def _run(args: argparse.Namespace) -> int:
     if state is None:
         cli.write_run_info(out, cfg, cfg.seed)
     done = int(state["epoch"]) if state is not None else 0
-    print(_describe(args.method, cfg) + f", out={out}" + (f" (resuming after epoch {done})" if state is not None
+    describe = method.describe or (lambda c: _describe(args.method, c))
+    print(describe(cfg) + f", out={out}" + (f" (resuming after epoch {done})" if state is not None
                                                           else ""), flush=True)
     kwargs = method.launch_kwargs(cfg) if method.launch_kwargs is not None else {}
     result = run_search(args.method, cfg, on_epoch_end=_epoch_hook(out, done if state is not None else None,
                                                                    method.checkpoints),
                         resume=state, progress=not args.no_progress, **kwargs)
     paths = write_outputs(result, out)
-    _summary(args.method, cfg, result)
+    for line in (method.summary or (lambda c, r: _summary(args.method, c, r)))(cfg, result):
+        print(line, flush=True)
     print(f"genotype {result.genotype_digest} -> {paths['genotype']}", flush=True)
     return 0
 
 
 def _describe(name: str, cfg: Any) -> str:
-    """The one-line description of a run printed before it starts."""
-    if name == "tenas":
-        t = cfg.tenas
-        return (f"tenas search, space {t.space}, images: {cfg.num_images} of {cfg.data.dataset}, repeats "
-                f"{t.repeats}, device {cfg.device}")
-    if name == "random":
-        return f"random search, space {cfg.space}: {cfg.samples} samples, pick {cfg.pick}, seed {cfg.seed}"
+    """The one-line description of an engine search, printed before it starts."""
     desc = f"{name} search on {cfg.data.dataset}: {cfg.epochs} epochs, C={cfg.C}, layers={cfg.layers}, " \
            f"batch {cfg.data.batch_size}, device={cfg.device}"
     if hasattr(cfg, "recovery"):
@@ -178,32 +176,18 @@ def _describe(name: str, cfg: Any) -> str:
     return desc
 
 
-def _summary(name: str, cfg: Any, result: Any) -> None:
-    """What the run found, printed at its end (before the genotype's digest and file)."""
-    extra = result.extra
-    if name == "tenas":
-        print(f"done: {len(extra['rounds'])} pruning rounds, {result.wall_time_s:.1f} s", flush=True)
-        if extra.get("in_table") is not None:
-            acc = extra.get("accuracy")
-            print(f"NAS-Bench-201 table ({cfg.tenas.dataset}): "
-                  + (f"validation accuracy {acc:.2f}" if acc is not None else "this cell is not among its archs"))
-        print(extra["arch"])
-        return
-    final = result.final
-    if name == "random":
-        print(f"done: {final['samples']} samples, picked #{final['picked']} ({cfg.pick}), "
-              f"{final['params_m']:.3f} M parameters", flush=True)
-        print(result.genotype)
-        return
+def _summary(name: str, cfg: Any, result: Any) -> list[str]:
+    """What an engine search found, printed at its end (before the genotype's digest and file)."""
+    final, extra = result.final, result.extra
     acc_key = "val_acc" if "val_acc" in final else "test_acc"
-    print(f"done: {final.get('epochs')} epochs, {acc_key} {final.get(acc_key, float('nan')):.4f}, "
-          f"{result.wall_time_s:.1f} s search time", flush=True)
+    lines = [f"done: {final.get('epochs')} epochs, {acc_key} {final.get(acc_key, float('nan')):.4f}, "
+             f"{result.wall_time_s:.1f} s search time"]
     if "stop_epochs" in extra:
-        print(f"nodes stopped searching after epochs {extra['stop_epochs']}; search ended after epoch "
-              f"{extra['switch_epoch'] or '- (still searching)'}", flush=True)
+        lines.append(f"nodes stopped searching after epochs {extra['stop_epochs']}; search ended after epoch "
+                     f"{extra['switch_epoch'] or '- (still searching)'}")
     if "export" in extra:
-        print(f"exported stand-alone model (Eq. 12) -> {extra['export']['export']}", flush=True)
-    print(result.genotype)
+        lines.append(f"exported stand-alone model (Eq. 12) -> {extra['export']['export']}")
+    return lines + [str(result.genotype)]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,12 +13,15 @@ import os
 import sys
 import time
 
+import yaml
+
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:  # run from a checkout without installation
     sys.path.insert(0, _ROOT)
 
 from istanas import cli  # noqa: E402
-from istanas.config import ConfigError  # noqa: E402
+from istanas.config import ConfigError, read_yaml  # noqa: E402
+from orchestrator.sweep import load_saved_config, run_sweep  # noqa: E402
 from orchestrator.sweep_config import OBJECTIVES, SweepConfig, load_sweep_config  # noqa: E402
 
 # Keys that may change when a sweep is resumed (how and where it runs, and the post-processing); the search
@@ -86,8 +89,6 @@ def _name_given(args: argparse.Namespace) -> bool:
     if args.name or any(s.split("=", 1)[0].strip() == "name" for s in args.set):
         return True
     if args.config:
-        from istanas.config import read_yaml
-
         return "name" in read_yaml(args.config)
     return False
 
@@ -114,8 +115,6 @@ def resolve_config(args: argparse.Namespace) -> SweepConfig:
         if not _name_given(args) and _experiments(cfg):
             cfg.name = f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         return cfg
-    from orchestrator.sweep import load_saved_config
-
     probe = load_sweep_config(args.config, args.set, extra, validate=False)
     if not _name_given(args):
         found = _experiments(probe)
@@ -142,13 +141,9 @@ def resolve_config(args: argparse.Namespace) -> SweepConfig:
 def _run(args: argparse.Namespace) -> int:
     cfg = resolve_config(args)
     if args.print_config:
-        import yaml
-
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
         return 0
-    from orchestrator.sweep import run_sweep  # Ray and torch are imported only now, after validation
-
-    print(f"sweep {cfg.name}: {cfg.num_samples} two-stage searches, {cfg.max_concurrent} at a time, objective "
+    print(f"sweep {cfg.name}: {cfg.num_samples} {cfg.method} searches, {cfg.max_concurrent} at a time, objective "
           f"{cfg.objective}, -> {cfg.experiment_path}" + (" (resuming)" if args.resume else ""), flush=True)
     out = run_sweep(cfg, resume=args.resume, validate=False)
     print(f"\nsweep done in {out.wall_time_s:.1f} s ({out.num_trials} trials, {out.num_errors} errors)")
