@@ -8,8 +8,9 @@ top-k genotypes, the results table and report, and the one-stage search on Ray T
 * :mod:`orchestrator.postprocess`    the named post-processing actor and its retraining tasks
 * :mod:`orchestrator.results`        the results table (pure pandas)
 * :mod:`orchestrator.report`         Markdown/HTML report, plots, Optuna parameter importances
-* :mod:`orchestrator.metrics`        custom ``ray.util.metrics`` for the dashboard
+* :mod:`orchestrator.metrics`        custom ``ray.util.metrics`` for the dashboard (sweep and Ray Train)
 * :mod:`orchestrator.train_onestage` the distributed one-stage search on Ray Train
+* :mod:`orchestrator.dist_hooks`     its torch.distributed hooks (DDP via prepare_model, support broadcast)
 
 Only the config module is imported here, so that ``import orchestrator`` stays light (no Ray, no torch).
 """

@@ -1,7 +1,7 @@
-"""Custom sweep metrics for the Ray dashboard / Prometheus (``ray.util.metrics``).
+"""Custom metrics of the sweep and the Ray Train job for the Ray dashboard / Prometheus (``ray.util.metrics``).
 
 Exported by every Ray node's metrics agent (the dashboard's Metrics view, or Prometheus scraping the node's
-``MetricsExportPort``), all tagged with the sweep name:
+``MetricsExportPort``).  The sweep's (:class:`SweepMetrics`), tagged with the sweep name:
 
 * ``istanas_sweep_trials_running``   (gauge)    trials running now (the driver's Tune callback)
 * ``istanas_sweep_trials_finished``  (counter)  finished trials, tagged ``status`` = TERMINATED | ERROR
@@ -9,17 +9,22 @@ Exported by every Ray node's metrics agent (the dashboard's Metrics view, or Pro
 * ``istanas_sweep_retrain_progress`` (gauge)    finished / total retraining runs, in [0, 1] (the actor)
 * ``istanas_sweep_retrains_finished`` (counter) finished retraining runs
 
+The Ray Train job's (:class:`TrainGauges`), per rank: ``istanas_train_{images_per_s, peak_mem_mb, epoch, loss,
+nodes_stopped}``.
+
 Creating a metric outside a Ray worker (or with Ray's metrics unavailable) falls back to no-ops, so the callers
 never need to care.
 """
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any, Optional
 
 log = logging.getLogger(__name__)
 
 PREFIX = "istanas_sweep_"
+TRAIN_PREFIX = "istanas_train_"
 
 
 class _NoOp:
@@ -30,12 +35,12 @@ class _NoOp:
         pass
 
 
-def _make(kind: str, name: str, description: str, tag_keys: tuple[str, ...]) -> Any:
+def _make(kind: str, name: str, description: str, tag_keys: tuple[str, ...], prefix: str = PREFIX) -> Any:
     try:
         from ray.util import metrics
 
         cls = {"gauge": metrics.Gauge, "counter": metrics.Counter}[kind]
-        return cls(PREFIX + name, description=description, tag_keys=tag_keys)
+        return cls(prefix + name, description=description, tag_keys=tag_keys)
     except Exception as e:  # pragma: no cover - metrics are informative only
         log.debug("metric %s unavailable: %s", name, e)
         return _NoOp()
@@ -87,4 +92,29 @@ class SweepMetrics:
         self.m["retrains_finished"].inc(1.0, tags={"sweep": self.sweep})
 
 
-__all__ = ["SweepMetrics", "PREFIX"]
+class TrainGauges:
+    """Per-rank gauges of the Ray Train job, tagged ``run`` and ``rank``: ``istanas_train_images_per_s`` (global),
+    ``istanas_train_peak_mem_mb`` (GPU: max allocated; CPU: max RSS), ``istanas_train_epoch``,
+    ``istanas_train_loss``, ``istanas_train_nodes_stopped``."""
+
+    NAMES = {"images_per_s": "Global training images per second of the last epoch",
+             "peak_mem_mb": "Peak memory of the last epoch (MiB; GPU: max allocated, CPU: max RSS)",
+             "epoch": "Epochs finished", "train_loss": "Training loss of the last epoch",
+             "nodes_stopped": "Nodes whose architecture search has stopped"}
+
+    def __init__(self, run: str, rank: int):
+        self.tags = {"run": str(run), "rank": str(rank)}
+        self.g = {key: _make("gauge", "loss" if key == "train_loss" else key, desc, ("run", "rank"),
+                             prefix=TRAIN_PREFIX) for key, desc in self.NAMES.items()}
+
+    def update(self, m: dict) -> None:
+        for key, gauge in self.g.items():
+            v = m.get("gpu_mem_peak_mb", m.get(key)) if key == "peak_mem_mb" else m.get(key)
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v)):
+                try:
+                    gauge.set(float(v), tags=self.tags)
+                except Exception:  # pragma: no cover - metrics are informative only
+                    pass
+
+
+__all__ = ["SweepMetrics", "TrainGauges", "PREFIX", "TRAIN_PREFIX"]

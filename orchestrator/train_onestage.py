@@ -6,13 +6,13 @@ Driver (:func:`run_distributed_search`): validate the job (:class:`DistSearchCon
 rerunning the same ``name`` / ``storage_path`` resumes from the run's latest checkpoint.
 
 Worker (:func:`train_loop_per_worker`): the training set sharded by rank (``get_loaders(rank, world_size)``), the
-test set too (``shard_eval``; loss / accuracy all-reduced); :class:`TorchDistHooks` wrap the one-stage net with
-``ray.train.torch.prepare_model`` (DDP, ``find_unused_parameters``; re-wrapped whenever nodes stop), broadcast rank
-0's support after every recovery and rank 0's epsilon-stop decision.  After every epoch one
-``ray.train.report(metrics, checkpoint=...)`` on every rank; rank 0 attaches the engine state (``state.pt``) and
-the per-epoch metrics so far (``reports.json``: Ray Train keeps only the metrics of its last checkpoints).  At the
-end rank 0 exports the stand-alone network (Eq. 12) into ``<storage>/<name>/export``.  ``record_dir`` (debugging)
-makes every rank write the support of every training step, its b and its genotype there.
+test set too (``shard_eval``; loss / accuracy all-reduced); :class:`orchestrator.dist_hooks.TorchDistHooks` wrap
+the net with ``ray.train.torch.prepare_model`` (DDP; re-wrapped whenever nodes stop) and broadcast rank 0's support
+and stop decisions.  After every epoch one ``ray.train.report(metrics, checkpoint=...)`` on every rank; rank 0
+attaches the engine state (``state.pt``) and the per-epoch metrics so far (``reports.json``: Ray Train keeps only
+the metrics of its last checkpoints); per-rank gauges :class:`orchestrator.metrics.TrainGauges`.  At the end rank 0
+exports the stand-alone network (Eq. 12) into ``<storage>/<name>/export``.  ``record_dir`` (debugging) makes every
+rank write the support of every training step, its b and its genotype there.
 """
 from __future__ import annotations
 
@@ -30,11 +30,13 @@ import torch
 
 from istanas import checkpoint as ckpt
 from istanas.config import ConfigError, check, deep_merge, from_dict, to_dict
-from istanas.data import StreamLoader, TensorLoader, get_loaders
-from istanas.ista.onestage import DistHooks, OneStageConfig
+from istanas.data import get_loaders
+from istanas.ista.onestage import OneStageConfig
 from istanas.search import run_search
 
 from .cluster import cluster_address, copy_dir, exists, init_ray
+from .dist_hooks import TorchDistHooks, shard_eval_loader
+from .metrics import TrainGauges
 from .results import scalar_metrics
 from .sweep_config import _NAME_RE, StoragePathMixin
 
@@ -218,149 +220,7 @@ def check_run(cfg: DistSearchConfig, resume: bool) -> None:
                           f"--storage-path), or choose another --name")
 
 
-# ---------------------------------------------------------------------------------------------- distributed hooks
-class TorchDistHooks:
-    """The engine's distributed hooks on ``torch.distributed`` (see :class:`istanas.ista.onestage.DistHooks`).
-
-    ``wrap``: ``ray.train.torch.prepare_model`` (DDP with ``find_unused_parameters=True``; identity with one rank).
-    ``broadcast_support``: rank 0's host support to every rank, over a gloo group (the main group when the backend
-    is gloo, a gloo side group under NCCL), so host tensors never touch the GPU; counts local disagreements.
-    ``all_agree``: rank 0's flags to every rank (the epsilon stop decided once).  ``record``: keep the support of
-    every training step (``support_log``) and the wrapped net (``net``), for ``record_dir``.  (bf16 and
-    channels_last are the engine's settings, ``OneStageConfig.bf16`` / ``.channels_last``.)
-    """
-
-    def __init__(self, device: torch.device, rank: int, world_size: int, record: bool = False):
-        import torch.distributed as dist
-
-        self.device, self.rank, self.world_size = device, int(rank), int(world_size)
-        self.is_main = self.rank == 0
-        self.group = None
-        self.support_broadcasts = 0
-        self.support_mismatches = 0
-        self.record = bool(record)
-        self.support_log: list[torch.Tensor] = []
-        self.net: Optional[torch.nn.Module] = None
-        if self.world_size > 1:
-            if not dist.is_initialized():
-                raise RuntimeError("TorchDistHooks: torch.distributed is not initialised (run under Ray Train)")
-            if dist.get_backend() != "gloo":
-                self.group = dist.new_group(backend="gloo")    # collective: every rank creates it
-
-    def _log_support(self, module: torch.nn.Module, args: tuple) -> None:
-        if module.training:
-            self.support_log.append(module.support_host)
-
-    def wrap(self, module: torch.nn.Module) -> torch.nn.Module:
-        if self.record and self.net is not module:
-            self.net = module
-            module.register_forward_pre_hook(self._log_support)
-        if self.world_size == 1:
-            return module
-        from ray.train.torch import prepare_model
-
-        return prepare_model(module, move_to_device=self.device,
-                             parallel_strategy_kwargs={"find_unused_parameters": True})
-
-    def broadcast_support(self, support_host: torch.Tensor) -> torch.Tensor:
-        if self.world_size == 1:
-            return support_host
-        import torch.distributed as dist
-
-        local = support_host.detach().to("cpu", torch.int64).contiguous()
-        out = local.clone()
-        dist.broadcast(out, src=0, group=self.group)
-        self.support_broadcasts += 1
-        if not torch.equal(out, local):
-            self.support_mismatches += 1
-        return out
-
-    def all_agree(self, flags: torch.Tensor) -> torch.Tensor:
-        if self.world_size == 1:
-            return flags
-        import torch.distributed as dist
-
-        t = flags.detach().to("cpu", torch.uint8).contiguous().clone()
-        dist.broadcast(t, src=0, group=self.group)
-        return t.bool()
-
-    def all_reduce_mean(self, values: dict[str, float], n: int) -> dict[str, float]:
-        """Means over all ranks of per-rank means ``values`` over ``n`` samples each (one gloo all-reduce)."""
-        if self.world_size == 1:
-            return dict(values)
-        import torch.distributed as dist
-
-        keys = sorted(values)
-        t = torch.tensor([float(values[k]) * n if n > 0 else 0.0 for k in keys] + [float(n)], dtype=torch.float64)
-        dist.all_reduce(t, group=self.group)
-        total = float(t[-1])
-        return {k: float(t[i]) / total if total > 0 else float("nan") for i, k in enumerate(keys)}
-
-    def barrier(self) -> None:
-        if self.world_size > 1:
-            import torch.distributed as dist
-
-            dist.barrier(group=self.group)
-
-    def as_engine_hooks(self):
-        """The :class:`istanas.ista.onestage.DistHooks` of these methods."""
-        return DistHooks(wrap=self.wrap, broadcast_support=self.broadcast_support,
-                                     all_agree=self.all_agree, is_main=self.is_main)
-
-
 # ------------------------------------------------------------------------------------------------- worker loop
-class TrainGauges:
-    """Per-rank Prometheus gauges (``ray.util.metrics``; the dashboard's Metrics view), tagged ``run`` and
-    ``rank``: ``istanas_train_images_per_s`` (global), ``istanas_train_peak_mem_mb`` (GPU: max allocated; CPU: max
-    RSS), ``istanas_train_epoch``, ``istanas_train_loss``, ``istanas_train_nodes_stopped``.  No-ops where Ray's
-    metrics are unavailable."""
-
-    NAMES = {"images_per_s": "Global training images per second of the last epoch",
-             "peak_mem_mb": "Peak memory of the last epoch (MiB; GPU: max allocated, CPU: max RSS)",
-             "epoch": "Epochs finished", "train_loss": "Training loss of the last epoch",
-             "nodes_stopped": "Nodes whose architecture search has stopped"}
-
-    def __init__(self, run: str, rank: int):
-        self.tags = {"run": str(run), "rank": str(rank)}
-        self.g: dict[str, Any] = {}
-        try:
-            from ray.util import metrics
-
-            for key, desc in self.NAMES.items():
-                name = "istanas_train_" + ("loss" if key == "train_loss" else key)
-                self.g[key] = metrics.Gauge(name, description=desc, tag_keys=("run", "rank"))
-        except Exception:  # pragma: no cover - metrics are informative only
-            self.g = {}
-
-    def update(self, m: dict) -> None:
-        for key, gauge in self.g.items():
-            v = m.get("gpu_mem_peak_mb", m.get(key)) if key == "peak_mem_mb" else m.get(key)
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v)):
-                try:
-                    gauge.set(float(v), tags=self.tags)
-                except Exception:  # pragma: no cover
-                    pass
-
-
-def shard_eval_loader(loader: Any, rank: int, world_size: int) -> Any:
-    """Rank ``rank``'s share of an unshuffled evaluation loader (``StreamLoader`` via ``DistributedSampler``,
-    ``TensorLoader`` by index stride; each rank ``floor(N / world_size)`` images); other loaders are returned as
-    they are (every rank then evaluates all of it).  (``ray.train.torch.prepare_data_loader`` would pad the test
-    set with repeated images to an equal share, and the in-memory loader is no torch ``DataLoader``.)"""
-    if world_size == 1:
-        return loader
-    if isinstance(loader, StreamLoader) and loader.world_size == 1:
-        dl = loader.loader
-        return StreamLoader(loader.dataset, batch_size=dl.batch_size, shuffle=False, num_workers=dl.num_workers,
-                            drop_last=False, rank=rank, world_size=world_size)
-    if isinstance(loader, TensorLoader) and loader.world_size == 1 and not loader.shuffle \
-            and loader.augment is None:
-        return TensorLoader(loader.x, loader.y, batch_size=loader.batch_size, mean=loader.mean.flatten().tolist(),
-                            std=loader.std.flatten().tolist(), shuffle=False, augment=None, drop_last=False,
-                            rank=rank, world_size=world_size, seed=loader.seed)
-    return loader
-
-
 def _local_images(loader) -> int:
     """Images one epoch of this rank's training loader serves."""
     n = int(getattr(loader, "num_samples", 0) or 0)
@@ -587,7 +447,6 @@ def run_distributed_search(cfg: DistSearchConfig, *, resume: bool = False, valid
                        checkpoint_path=ck.path if ck is not None else None, wall_time_s=time.perf_counter() - t0)
 
 
-__all__ = ["DistSearchConfig", "TorchDistHooks", "TrainGauges", "shard_eval_loader",
-           "DistOutcome", "build_search_config", "build_trainer", "worker_config", "check_run", "run_exists",
+__all__ = ["DistSearchConfig", "DistOutcome", "build_search_config", "build_trainer", "worker_config", "check_run", "run_exists",
            "run_distributed_search", "train_loop_per_worker", "BeforeReport", "STATE_FILE", "REPORTS_FILE",
            "RESULT_FILE", "EXPORT_DIR", "RECORD_PREFIX"]

@@ -1,5 +1,5 @@
-"""Distributed one-stage ISTA-NAS on Ray Train (orchestrator/train_onestage.py), launch/imagenet_search.py and
-cluster.yaml.
+"""Distributed one-stage ISTA-NAS on Ray Train (orchestrator/train_onestage.py, orchestrator/dist_hooks.py),
+launch/imagenet_search.py and cluster.yaml.
 
 The end-to-end test runs 2 CPU workers (gloo) on a small ImageFolder of real Imagenette JPEGs through the
 search-to-train switch, kills one worker mid-run (:class:`KillOnce`, a test hook: ``os._exit`` before its report of
@@ -26,8 +26,9 @@ from istanas.config import ConfigError
 from istanas.data import DataConfig, get_loaders
 from istanas.ista.absorb import load_exported
 from istanas.ista.onestage import OneStageConfig, OneStageTask
-from orchestrator.train_onestage import (RECORD_PREFIX, DistSearchConfig, TorchDistHooks, build_search_config,
-                                         check_run, run_distributed_search, shard_eval_loader, worker_config)
+from orchestrator.dist_hooks import TorchDistHooks, shard_eval_loader
+from orchestrator.train_onestage import (RECORD_PREFIX, DistSearchConfig, build_search_config, check_run,
+                                         run_distributed_search, worker_config)
 from spaces.registry import load_genotype
 
 N_CLASSES, N_TRAIN, N_VAL = 4, 8, 2
