@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional
 
+from . import random_search
 from .config import ConfigError, did_you_mean, to_dict
 from .darts import DartsConfig, DartsTask
 from .ista.absorb import export
@@ -142,6 +143,10 @@ METHODS: dict[str, Method] = {
         "darts", TenasJobConfig, ("nb201", "darts"), run=_run_tenas, presets=TENAS_PRESETS,
         flags={"dataset": "data.dataset", "data_root": "data.root", "space": "tenas.space",
                "table": "tenas.table_path"}, checkpoints=False, describe=_describe_tenas, summary=_summary_tenas),
+    "random": Method(
+        "random", "random search baseline: cells sampled from --space darts or nb201, one picked without training",
+        random_search.RandomSearchConfig, random_search.SPACES, run=random_search.random_search,
+        flags={"space": "space"}, checkpoints=False, describe=random_search.describe, summary=random_search.summary),
 }
 
 
