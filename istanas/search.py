@@ -37,7 +37,8 @@ def check_runtime(cfg: Any) -> None:
         try:
             engine.resolve_device(dev)
         except (ValueError, RuntimeError) as e:
-            raise ConfigError(f"{name}: {e}") from None
+            msg = str(e)
+            raise ConfigError(msg if msg.startswith("device:") and name == "device" else f"{name}: {msg}") from None
 
 
 @contextlib.contextmanager

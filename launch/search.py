@@ -15,7 +15,7 @@ import argparse
 import json
 import os
 import sys
-from typing import Any, Callable, Optional
+from typing import Any
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:  # run from a checkout without installation
@@ -102,20 +102,6 @@ def _base_config(args: argparse.Namespace, method: Method) -> dict:
     return preset_data(method.config_cls, name, presets=method.presets)
 
 
-def _epoch_hook(out: str, resume_epoch: Optional[int], checkpoints: bool) -> Callable[[dict, dict], None]:
-    """One ``on_epoch_end(metrics, state)``: ``OUT/checkpoint.pt`` (engine methods), then a line of
-    ``OUT/metrics.jsonl`` and the console summary."""
-    log = cli.metrics_logger(out, resume_epoch=resume_epoch)
-    save = cli.checkpoint_hook(out) if checkpoints else None
-
-    def on_epoch_end(metrics: dict, state: dict) -> None:
-        if save is not None and state:
-            save(state)
-        log(metrics)
-
-    return on_epoch_end
-
-
 _FLAGS = ("dataset", "data_root", "epochs", "batch_size", "recover_every", "epsilon", "space", "table")
 
 
@@ -156,9 +142,8 @@ def _run(args: argparse.Namespace) -> int:
     print(describe(cfg) + f", out={out}" + (f" (resuming after epoch {done})" if state is not None
                                                           else ""), flush=True)
     kwargs = method.launch_kwargs(cfg) if method.launch_kwargs is not None else {}
-    result = run_search(args.method, cfg, on_epoch_end=_epoch_hook(out, done if state is not None else None,
-                                                                   method.checkpoints),
-                        resume=state, progress=not args.no_progress, **kwargs)
+    hooks = cli.run_hooks(out, resume_epoch=done if method.checkpoints else None, checkpoint=method.checkpoints)
+    result = run_search(args.method, cfg, on_epoch_end=hooks, resume=state, progress=not args.no_progress, **kwargs)
     paths = write_outputs(result, out)
     for line in (method.summary or (lambda c, r: _summary(args.method, c, r)))(cfg, result):
         print(line, flush=True)

@@ -28,8 +28,9 @@ from typing import Any, Mapping, Optional, Sequence
 
 from istanas.config import (ConfigError, check, deep_merge, did_you_mean, flatten, from_dict, parse_override,
                             preset_data, read_yaml, set_path, to_dict)
-from istanas.methods import Method, get_method, sweepable
+from istanas.methods import METHODS, Method, get_method, sweepable
 from istanas.retrain import RetrainConfig
+from istanas.search import check_runtime
 from istanas.tenas.job import TenasConfig
 
 OBJECTIVES = ("val_acc", "tenas")
@@ -252,6 +253,9 @@ class SweepConfig(StoragePathMixin):
               f"name: {self.name!r} must be letters, digits, '_', '.' or '-' (it names a folder and a Ray actor)")
         check(isinstance(self.storage_path, str) and self.storage_path.strip() != "",
               "storage_path: give a local folder or a URI such as s3://bucket/sweeps")
+        if self.method in METHODS and self.method not in sweepable():
+            raise ConfigError(f"method: {self.method!r} has no sweep parameters (Method.sweep_params in "
+                              f"istanas.methods); sweepable: {sweepable()}")
         if self.method not in sweepable():
             raise did_you_mean("method", self.method, sweepable(), "method")
         spaces = self.method_spec.spaces
@@ -356,9 +360,15 @@ class SweepConfig(StoragePathMixin):
                     check(v <= sizes[j], f"points_to_evaluate[{i}].{key} = {v} exceeds n_{j} = {sizes[j]}")
 
     def _validate_search(self) -> None:
-        """The search config validates itself: once with the base settings, then with each searched parameter at
-        each end of its range (the config's constraints are per field, so the ends cover every trial)."""
+        """The search config validates itself: once with the base settings (and, on an embedded local Ray, its
+        devices are probed), then with each searched parameter at each end of its range (the config's constraints
+        are per field, so the ends cover every trial)."""
         base = build_search_config(self, {}, validate=True)  # settings that are wrong whatever is sampled
+        if self.address is None:         # an embedded local Ray: the trials run on this machine
+            try:
+                check_runtime(base)
+            except ConfigError as e:
+                raise ConfigError(f"search.{e}") from None
         sizes = base.node_sizes()
         for name, r in self.space_params().items():
             for v in sorted(set(int(x) if name in INT_PARAMS else x for x in r.candidates())):

@@ -78,6 +78,23 @@ def test_param_space_samples_stay_in_range():
     assert 0 <= draws["epsilon"].min() and draws["epsilon"].max() <= 0.01
 
 
+def test_sweep_targets_are_the_methods_own_keys():
+    from istanas.methods import get_method
+
+    cfg = load_sweep_config()
+    targets = get_method(cfg.method).sweep_params
+    trial = {"lam": 3e-3, "s": 3, "m": 9, "epsilon": 1e-3, "lr": 0.05, "arch_lr": 1e-3}
+    scfg = build_search_config(cfg, trial)
+    for name, key in targets.items():                      # every sampled value lands on its dotted key
+        node = scfg
+        for part in key.split("."):
+            node = getattr(node, part)
+        assert node == trial[name], name
+    assert cfg.node_sizes() == scfg.node_sizes() == [(2 + j) * 7 for j in range(4)]
+    # a search config with other steps changes the node sizes the sweep validates against
+    assert load_sweep_config(overrides=["search.steps=3"]).node_sizes() == [14, 21, 28]
+
+
 def test_retrain_config_uses_search_data_and_overrides():
     cfg = load_sweep_config(overrides=["search.data.limit_train=123", "retrain.overrides={C: 6, layers: 4}",
                                        "retrain.epochs=3"])
@@ -128,6 +145,10 @@ BAD = [
     (["name=a/b"], "name"),
     (["address=auto", "num_cpus=2"], "num_cpus"),
     (["tenas.repeats=2"], "objective is not 'tenas'"),
+    (["method=twostag"], "did you mean 'twostage'"),
+    (["method=darts"], "no sweep parameters"),
+    (["retrain.overrides={lr: -1.0}"], "retrain: lr"),
+    (["retrain.overrides={lrr: 0.1}"], "did you mean"),
 ]
 
 
