@@ -43,7 +43,7 @@ from istanas.ista.absorb import absorb  # noqa: E402
 from istanas.ista.compressed import CompressedSpace, RecoveryConfig  # noqa: E402
 from istanas.ista.onestage import OneStageNet  # noqa: E402
 from istanas.supernet import ISTA_PRIMITIVES, SparseSuperNet  # noqa: E402
-from istanas.ista.twostage import HostRecovery  # noqa: E402
+from istanas.ista.compressed import HostRecovery  # noqa: E402
 
 K = len(ISTA_PRIMITIVES)
 AUX_WEIGHT = 0.4
@@ -196,7 +196,7 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from spaces.genotype import load_genotype
+    from spaces.registry import load_genotype
 
     genotype = load_genotype(args.genotype)
     out = {"setting": {"batch": args.batch, "image_size": args.image_size, "C": args.C, "layers": args.layers,

@@ -45,7 +45,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from istanas.ista.compressed import CompressedSpace, RecoveryConfig  # noqa: E402
 from istanas.supernet import ISTA_PRIMITIVES, DenseSuperNet, SparseSuperNet  # noqa: E402
-from istanas.ista.twostage import HostRecovery  # noqa: E402
+from istanas.ista.compressed import HostRecovery  # noqa: E402
 
 K = len(ISTA_PRIMITIVES)
 
@@ -252,7 +252,7 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from spaces.genotype import load_genotype
+    from spaces.registry import load_genotype
 
     genotype = load_genotype(args.genotype)
     out = {"setting": {"batch": args.batch, "image_size": args.image_size, "C": args.C, "layers": args.layers,

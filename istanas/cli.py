@@ -2,10 +2,10 @@
 
 Every launcher takes the same common flags (:func:`add_common_args`), builds its typed config with one precedence
 rule (:func:`build_config`: dataclass defaults < ``--config`` YAML < explicit flags < ``--set``), writes
-``OUT/run_info.json`` (:func:`write_run_info`), checkpoints every epoch to ``OUT/checkpoint.pt``
-(:func:`checkpoint_hook`), refuses to overwrite an existing run unless ``--resume`` is given (:func:`load_resume`),
-logs ``OUT/metrics.jsonl`` (:func:`metrics_logger`), and turns user errors into a one-line message with exit
-status 2 (:func:`main_guard`).
+``OUT/run_info.json`` (:func:`write_run_info`), checkpoints every epoch to ``OUT/checkpoint.pt`` and logs
+``OUT/metrics.jsonl`` in one engine hook (:func:`run_hooks`), refuses to overwrite an existing run unless
+``--resume`` is given (:func:`load_resume`), and turns user errors into a one-line message with exit status 2
+(:func:`main_guard`).
 """
 from __future__ import annotations
 
@@ -184,7 +184,7 @@ def checkpoint_path(out_dir: str | os.PathLike) -> str:
 
 
 def checkpoint_hook(out_dir: str | os.PathLike) -> Callable[[dict], None]:
-    """A hook for :func:`istanas.engine.run` that saves every state atomically to ``OUT/checkpoint.pt``."""
+    """``hook(state)`` saves an engine state atomically to ``OUT/checkpoint.pt`` (see :func:`run_hooks`)."""
     path = checkpoint_path(out_dir)
 
     def hook(state: dict) -> None:
@@ -254,6 +254,23 @@ def metrics_logger(out_dir: str | os.PathLike, *, echo: bool = True, stream=None
             print(" | ".join(parts), file=stream or sys.stdout, flush=True)
 
     return log
+
+
+def run_hooks(out_dir: str | os.PathLike, *, echo: bool = True, stream=None, resume_epoch: Optional[int] = None,
+              checkpoint: bool = True) -> Callable[[dict, dict], None]:
+    """The CLI's ``on_epoch_end(metrics, state)`` for :func:`istanas.engine.run`: the state saved atomically to
+    ``OUT/checkpoint.pt`` (:func:`checkpoint_hook`; skipped with ``checkpoint=False``), then one line appended to
+    ``OUT/metrics.jsonl`` (:func:`metrics_logger`, same arguments), so a metrics row never names an epoch the
+    checkpoint does not hold.  An empty state (a method without engine state) is not saved."""
+    save = checkpoint_hook(out_dir) if checkpoint else None
+    log = metrics_logger(out_dir, echo=echo, stream=stream, resume_epoch=resume_epoch)
+
+    def hook(metrics: dict, state: dict) -> None:
+        if save is not None and state:
+            save(state)
+        log(metrics)
+
+    return hook
 
 
 def repo_root() -> str:

@@ -11,45 +11,31 @@ the two highest-scoring edges are kept, each with its best op, strongest first.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Optional
+from typing import Any, ClassVar, Optional
 
 import torch
 from torch import nn
 
-from .config import ConfigError, from_dict
-from .data import DataConfig, Loaders, get_loaders
-from .engine import Meter, Progress, cycle, peak_memory_mb, resolve_device, to_device
+from spaces.genotype import Genotype
+from .config import ConfigError, SearchOptimConfig, preset
+from .data import DataConfig, Loaders
+from .engine import Update, cycle, place
 from .supernet import CELL_TYPES, ISTA_PRIMITIVES, DenseSuperNet, edge_offsets
-from .ista.twostage import _preset_data, _run_search, cosine_lr, evaluate_loader, validate_common
+from .training import cosine_lr, evaluate, task_data
 
 
 @dataclass
-class DartsConfig:
+class DartsConfig(SearchOptimConfig):
     """Settings of a first-order DARTS search.  Bare defaults: DARTS's CIFAR-10 search (50 epochs, batch 64, SGD
     lr 0.025 cosine to 0.001, momentum 0.9, weight decay 3e-4, clip 5, Adam arch lr 3e-4, betas (0.5, 0.999),
-    weight decay 1e-3, 16 channels, 8 cells) on the data of ``data``; :meth:`preset` gives "reference" (CIFAR-10)
-    and "small" (the two-stage "small" preset's data, network and budget, for a like-with-like comparison)."""
+    weight decay 1e-3, 16 channels, 8 cells) on the data of ``data``; :data:`PRESETS` gives "reference" (CIFAR-10)
+    and "small" (the two-stage "small" preset's data, network and budget, for a like-with-like comparison).  The
+    network / optimiser fields are :class:`SearchOptimConfig`'s (fp32: DARTS searched without bf16)."""
 
     data: DataConfig = field(default_factory=lambda: DataConfig(batch_size=64))
-    C: int = 16
-    layers: int = 8
-    steps: int = 4
-    epochs: int = 50
     lr: float = 0.025
-    lr_min: float = 0.001
-    momentum: float = 0.9
-    weight_decay: float = 3e-4
-    grad_clip: float = 5.0
     arch_lr: float = 3e-4
-    arch_betas: tuple[float, float] = (0.5, 0.999)
-    arch_weight_decay: float = 1e-3
-    seed: int = 0
-    device: str = "auto"
-    deterministic: bool = True           # CUDA: deterministic algorithms (same seed and device -> same genotype)
-    bf16: bool = False                   # bf16 autocast of the forward (CUDA only; DARTS searched in fp32)
-    channels_last: bool = False          # channels-last memory format (CUDA only)
     out: str = "runs/search-darts"
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
@@ -70,19 +56,18 @@ class DartsConfig:
     }
 
     def validate(self) -> None:
+        """Schema checks only (``istanas.search.check_runtime`` checks the device)."""
         if not isinstance(self.data, DataConfig):
             raise ConfigError("data: expected a DataConfig mapping")
-        validate_common(self)
+        self.validate_common()
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> "DartsConfig":
-        return from_dict(cls, _preset_data(cls, cls.PRESETS, name, overrides))
+        return preset(cls, name, **overrides)
 
 
 def darts_genotype(weights: torch.Tensor, primitives=ISTA_PRIMITIVES, steps: int = 4):
     """DARTS's genotype rule on edge weights ``[T, num_edges, K]`` (softmax of alpha)."""
-    from spaces.genotype import Genotype
-
     W = weights.detach().cpu().tolist()
     none = primitives.index("none") if "none" in primitives else -1
     offs = edge_offsets(steps)
@@ -103,20 +88,21 @@ def darts_genotype(weights: torch.Tensor, primitives=ISTA_PRIMITIVES, steps: int
 
 
 class DartsTask:
-    """First-order DARTS as an :class:`istanas.engine.Task`."""
+    """First-order DARTS as an :class:`istanas.engine.Task`: per step, an engine update of alpha on a validation
+    batch (the current W, no unrolled step), then one of W on the training batch."""
 
     def __init__(self, cfg: DartsConfig, loaders: Optional[Loaders] = None, device: Optional[torch.device] = None):
         self.cfg = cfg
-        self.device = device if device is not None else resolve_device(cfg.device)
-        self.loaders = loaders if loaders is not None else get_loaders(
-            cfg.data, "search", seed=cfg.seed, device=self.device if cfg.data.resolved_in_memory else None)
-        self.model = DenseSuperNet(C=cfg.C, num_classes=self.loaders.num_classes, layers=cfg.layers,
-                                   steps=cfg.steps, multiplier=cfg.steps, in_channels=self.loaders.in_channels,
-                                   primitives=ISTA_PRIMITIVES).to(self.device)
+        self.device, self.loaders = task_data(cfg, "search", loaders, device)
+        self.model = place(DenseSuperNet(C=cfg.C, num_classes=self.loaders.num_classes, layers=cfg.layers,
+                                         steps=cfg.steps, multiplier=cfg.steps, in_channels=self.loaders.in_channels,
+                                         primitives=ISTA_PRIMITIVES), self.device, cfg.channels_last)
         self.criterion = nn.CrossEntropyLoss()
         self.weights = list(self.model.weight_parameters())
-        self.w_opt = torch.optim.SGD(self.weights, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-        self.a_opt = torch.optim.Adam(self.model.arch_parameters(), lr=cfg.arch_lr, betas=tuple(cfg.arch_betas),
+        self.alphas = list(self.model.arch_parameters())
+        self.optimizer = torch.optim.SGD(self.weights, lr=cfg.lr, momentum=cfg.momentum,
+                                         weight_decay=cfg.weight_decay)
+        self.a_opt = torch.optim.Adam(self.alphas, lr=cfg.arch_lr, betas=tuple(cfg.arch_betas),
                                       weight_decay=cfg.arch_weight_decay)
         self._last_genotype: Optional[str] = None
 
@@ -124,12 +110,12 @@ class DartsTask:
         return len(self.loaders.train)
 
     def state_dict(self) -> dict:
-        return {"model": self.model.state_dict(), "w_opt": self.w_opt.state_dict(), "a_opt": self.a_opt.state_dict(),
-                "last_genotype": self._last_genotype or ""}
+        return {"model": self.model.state_dict(), "w_opt": self.optimizer.state_dict(),
+                "a_opt": self.a_opt.state_dict(), "last_genotype": self._last_genotype or ""}
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
-        self.w_opt.load_state_dict(state["w_opt"])
+        self.optimizer.load_state_dict(state["w_opt"])
         self.a_opt.load_state_dict(state["a_opt"])
         self._last_genotype = state.get("last_genotype") or None
 
@@ -137,51 +123,29 @@ class DartsTask:
         out = self.model(x)
         return out[0] if isinstance(out, tuple) else out
 
-    def train_epoch(self, epoch: int, progress: Progress) -> dict[str, float]:
-        cfg = self.cfg
-        lr = cosine_lr(cfg.lr, cfg.lr_min, epoch, cfg.epochs)
-        for g in self.w_opt.param_groups:
-            g["lr"] = lr
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-        self.model.train()
-        train_m, arch_m = Meter(self.device), Meter(self.device)
-        valid = cycle(self.loaders.valid)
-        alphas = self.model.arch_parameters()
-        steps = 0
-        t0 = time.perf_counter()
-        for batch in self.loaders.train:
-            # architecture step on a validation batch (first order: the current W, no unrolled step)
-            xv, yv = to_device(next(valid), self.device)
-            logits_v = self._forward(xv)
-            loss_v = self.criterion(logits_v, yv)
-            self.a_opt.zero_grad(set_to_none=True)
-            loss_v.backward(inputs=alphas)
-            self.a_opt.step()
-            arch_m.update(loss_v, logits_v, yv)
-            # weight step on a training batch
-            x, y = to_device(batch, self.device)
-            logits = self._forward(x)
-            loss = self.criterion(logits, y)
-            self.w_opt.zero_grad(set_to_none=True)
-            loss.backward(inputs=self.weights)
-            if cfg.grad_clip > 0:
-                nn.utils.clip_grad_norm_(self.weights, cfg.grad_clip)
-            self.w_opt.step()
-            train_m.update(loss, logits, y)
-            steps += 1
-            progress.update(train_m)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        train_time = time.perf_counter() - t0
-        tr, ar = train_m.compute(), arch_m.compute()
-        return {"train_loss": tr["loss"], "train_acc": tr["acc"], "arch_loss": ar["loss"], "arch_acc": ar["acc"],
-                "lr": lr, "train_time_s": train_time, "step_time_s": train_time / max(1, steps),
-                "peak_mem_mb": peak_memory_mb(self.device)}
+    def _loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self._forward(x)
+        return self.criterion(logits, y), logits
+
+    def lr_at(self, epoch: int) -> float:
+        return cosine_lr(self.cfg.lr, self.cfg.lr_min, epoch, self.cfg.epochs)
+
+    def begin_epoch(self, epoch: int) -> dict[str, float]:
+        self._valid = cycle(self.loaders.valid)
+        return {}
+
+    def step(self, batch: Any) -> list[Update]:
+        return [Update(self._loss, [self.a_opt], batch=lambda: next(self._valid), inputs=self.alphas, meter="arch"),
+                Update(self._loss, [self.optimizer], inputs=self.weights, clip=self.weights,
+                       max_norm=self.cfg.grad_clip)]
+
+    def finish_epoch(self, epoch: int) -> dict[str, float]:
+        return {}
 
     @torch.no_grad()
     def evaluate(self, epoch: int) -> dict[str, float]:
-        m = evaluate_loader(self._forward, self.model, self.loaders.valid, self.device, self.criterion)
+        m = evaluate(self._forward, self.loaders.valid, self.device, self.criterion, model=self.model,
+                     bf16=self.cfg.bf16, channels_last=self.cfg.channels_last)
         g = self.genotype()
         text = g.to_json()
         changed = _genotype_changes(self._last_genotype, g)
@@ -200,19 +164,8 @@ def _genotype_changes(prev_json: Optional[str], g) -> int:
     pairs = list(g.normal) + list(g.reduce)
     if not prev_json:
         return len(pairs)
-    from spaces.genotype import Genotype
-
     p = Genotype.from_json(prev_json)
     return sum(a != b for a, b in zip(pairs, list(p.normal) + list(p.reduce)))
 
 
-def search(cfg: DartsConfig, data: Optional[Loaders] = None, report: Optional[Callable[[dict], None]] = None,
-           checkpoint: Optional[Callable[[dict], None]] = None, resume: Optional[dict] = None,
-           progress: bool = True, task_out: Optional[list] = None) -> dict:
-    """Run a first-order DARTS search; same signature and result record as :func:`istanas.ista.twostage.search`."""
-    cfg.validate()
-    return _run_search("darts", cfg, lambda: DartsTask(cfg, loaders=data), report, checkpoint, resume, progress,
-                       task_out)
-
-
-__all__ = ["DartsConfig", "DartsTask", "darts_genotype", "search"]
+__all__ = ["DartsConfig", "DartsTask", "darts_genotype"]

@@ -1,9 +1,11 @@
-"""The one training engine shared by retraining, two-stage search, one-stage search and the Ray Train worker.
+"""The one training engine: the epoch loop AND the step loop of retraining, two-stage search, DARTS, one-stage
+search and the Ray Train worker.
 
-A job is a :class:`Task` (model, optimisers and per-step logic); :func:`run` owns the epoch loop, resume, RNG
-state, the report callback, the checkpoint hook and the progress bar.  Per-step metrics are accumulated on the
-device (:class:`Meter`), so a step has no host-device synchronisation; the host reads them once per progress
-refresh and once per epoch, which is also where a non-finite loss is detected.
+A :class:`Task` gives per-step logic as :class:`Update` objects (``batch -> forward under bf16 autocast -> (loss,
+logits) -> zero_grad -> backward -> clip -> optimiser steps``); :func:`run` does the rest: the learning rate per
+epoch, device meters (no host sync per step; read once per epoch, where a non-finite loss raises), timing, peak
+memory, resume with RNG state and ONE hook, ``on_epoch_end(metrics, state)``.  ``task.cfg.bf16`` /
+``task.cfg.channels_last`` are engine settings (CUDA only; no-ops on the CPU).
 """
 from __future__ import annotations
 
@@ -11,14 +13,15 @@ import contextlib
 import math
 import sys
 import time
-from typing import Callable, Iterator, Optional, Protocol
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator, Optional, Protocol, Sequence
 
 import torch
+from torch import nn
 
 from .checkpoint import rng_state, set_rng_state
 
-Report = Callable[[dict], None]
-CheckpointHook = Callable[[dict], None]
+OnEpochEnd = Callable[[dict, dict], None]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -82,18 +85,59 @@ class Progress:
             self._bar.close()
 
 
+@dataclass
+class Update:
+    """One optimiser update of a training step, run by the engine (in this order):
+
+    ``batch`` (None: the step's training batch; a batch; or a function returning one, called when the update runs,
+    e.g. ``lambda: next(valid)``) -> :func:`to_device` -> ``forward(x, y) -> (loss [], logits [N, C])`` under bf16
+    autocast -> ``zero_grad`` of every optimiser -> ``loss.backward(inputs=inputs)`` (None: every leaf) ->
+    ``clip_grad_norm_(clip, max_norm)`` (``max_norm > 0``) -> ``step()`` of every optimiser in order -> the
+    meter ``meter`` (reported as ``{meter}_loss`` / ``{meter}_acc``).
+    """
+
+    forward: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+    optimizers: Sequence[torch.optim.Optimizer]
+    batch: Any = None
+    inputs: Optional[Sequence[torch.Tensor]] = None
+    clip: Sequence[torch.Tensor] = ()
+    max_norm: float = 0.0
+    meter: str = "train"
+
+
 class Task(Protocol):
+    """What :func:`run` needs of a job.  ``cfg`` carries ``bf16`` / ``channels_last``; ``model`` is put in train
+    mode every epoch; ``optimizer`` (the weight optimiser) gets ``lr_at(epoch)``; ``loaders.train`` gives the
+    training batches (``set_epoch`` is called on it when it is a shard of a distributed job)."""
+
+    cfg: Any
+    device: torch.device
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    loaders: Any
+
     def state_dict(self) -> dict: ...
 
     def load_state_dict(self, state: dict) -> None: ...
 
-    def train_epoch(self, epoch: int, progress: Progress) -> dict[str, float]: ...
+    def steps_per_epoch(self) -> int: ...
+
+    def lr_at(self, epoch: int) -> float: ...
+
+    def begin_epoch(self, epoch: int) -> dict[str, float]:
+        """Per-epoch settings (drop-path, the validation-batch cycle, start-of-epoch snapshots); their metrics."""
+
+    def step(self, batch: Any) -> Iterable[Update]:
+        """The updates of one step (a list, or a generator: each update runs before the next is asked for; code
+        between them runs outside autocast, e.g. a recovery)."""
+
+    def finish_epoch(self, epoch: int) -> dict[str, float]:
+        """After the epoch's last step (inside the timed part): e.g. the final recovery, stop rules; metrics."""
 
     def evaluate(self, epoch: int) -> dict[str, float]: ...
 
-    def end_epoch(self, epoch: int, metrics: dict) -> bool: ...
-
-    def steps_per_epoch(self) -> int: ...
+    def end_epoch(self, epoch: int, metrics: dict) -> bool:
+        """True stops the run after this epoch."""
 
 
 def check_finite(metrics: dict, where: str) -> None:
@@ -103,13 +147,61 @@ def check_finite(metrics: dict, where: str) -> None:
             raise NonFiniteLossError(f"{k} became {v} in {where}; lower the learning rate or check the data")
 
 
-def run(task: Task, *, epochs: int, report: Optional[Report] = None, checkpoint: Optional[CheckpointHook] = None,
-        resume: Optional[dict] = None, progress: bool = True, desc: str = "") -> list[dict]:
-    """Train ``task`` for ``epochs`` epochs (or until ``task.end_epoch`` returns True).
+def train_epoch(task: Task, epoch: int, progress: Progress) -> dict[str, float]:
+    """One epoch of the step loop (see :class:`Update`); returns ``lr``, the task's epoch metrics, every meter's
+    ``*_loss`` / ``*_acc``, ``train_time_s``, ``step_time_s`` and ``peak_mem_mb``."""
+    dev = task.device
+    bf16, channels_last = bool(getattr(task.cfg, "bf16", False)), bool(getattr(task.cfg, "channels_last", False))
+    lr = float(task.lr_at(epoch))
+    for g in task.optimizer.param_groups:
+        g["lr"] = lr
+    train = task.loaders.train
+    if hasattr(train, "set_epoch") and getattr(train, "world_size", 1) > 1:
+        train.set_epoch(epoch)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    out: dict[str, Any] = {"lr": lr, **task.begin_epoch(epoch)}
+    task.model.train()
+    meters: dict[str, Meter] = {}
+    steps = 0
+    t0 = time.perf_counter()
+    for batch in train:
+        for u in task.step(batch):
+            b = batch if u.batch is None else (u.batch() if callable(u.batch) else u.batch)
+            x, y = to_device(b, dev, channels_last)
+            with autocast(dev, bf16):
+                loss, logits = u.forward(x, y)
+            for opt in u.optimizers:
+                opt.zero_grad(set_to_none=True)
+            loss.backward(inputs=list(u.inputs) if u.inputs is not None else None)
+            if u.max_norm > 0:
+                nn.utils.clip_grad_norm_(u.clip, u.max_norm)
+            for opt in u.optimizers:
+                opt.step()
+            if u.meter not in meters:
+                meters[u.meter] = Meter(dev)
+            meters[u.meter].update(loss, logits, y)
+        steps += 1
+        progress.update(meters.get("train"))
+    out.update(task.finish_epoch(epoch))
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    train_time = time.perf_counter() - t0
+    for name, m in meters.items():
+        c = m.compute()
+        out[f"{name}_loss"], out[f"{name}_acc"] = c["loss"], c["acc"]
+    out.update({"train_time_s": train_time, "step_time_s": train_time / max(1, steps),
+                "peak_mem_mb": peak_memory_mb(dev)})
+    return out
 
-    After every epoch: ``checkpoint(state)`` with ``state = {"epoch", "task", "rng", "history", "done"}`` and then
-    ``report(metrics)``.  ``resume`` is such a state: training continues at ``state["epoch"]`` with the same RNG
-    state, so an interrupted-and-resumed run equals an uninterrupted one.  Returns the per-epoch metrics.
+
+def run(task: Task, *, epochs: int, on_epoch_end: Optional[OnEpochEnd] = None, resume: Optional[dict] = None,
+        progress: bool = True, desc: str = "") -> list[dict]:
+    """Train ``task`` for ``epochs`` epochs (or until ``task.end_epoch`` returns True); returns the per-epoch metrics.
+
+    After every epoch: ``on_epoch_end(metrics, state)`` with ``state = {"epoch", "task", "rng", "history",
+    "done"}``.  ``resume`` is such a state: training continues at ``state["epoch"]`` with the same RNG state, so an
+    interrupted-and-resumed run equals an uninterrupted one.
     """
     start, history = 0, []
     if resume is not None:
@@ -123,8 +215,7 @@ def run(task: Task, *, epochs: int, report: Optional[Report] = None, checkpoint:
         t0 = time.perf_counter()
         bar = Progress(task.steps_per_epoch(), desc=f"{desc} epoch {epoch + 1}/{epochs}".strip(), enabled=progress)
         try:
-            metrics = {"epoch": epoch + 1}
-            metrics.update(task.train_epoch(epoch, bar))
+            metrics = {"epoch": epoch + 1, **train_epoch(task, epoch, bar)}
         finally:
             bar.close()
         check_finite(metrics, f"epoch {epoch + 1}")
@@ -132,11 +223,9 @@ def run(task: Task, *, epochs: int, report: Optional[Report] = None, checkpoint:
         metrics["epoch_time_s"] = time.perf_counter() - t0
         done = bool(task.end_epoch(epoch, metrics)) or epoch + 1 >= epochs
         history.append(metrics)
-        if checkpoint is not None:
-            checkpoint({"epoch": epoch + 1, "task": task.state_dict(), "rng": rng_state(), "history": history,
-                        "done": done})
-        if report is not None:
-            report(dict(metrics))
+        if on_epoch_end is not None:
+            on_epoch_end(dict(metrics), {"epoch": epoch + 1, "task": task.state_dict(), "rng": rng_state(),
+                                         "history": history, "done": done})
         if done:
             break
     return history
@@ -159,8 +248,16 @@ def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractC
     return contextlib.nullcontext()
 
 
+def place(module: nn.Module, device: torch.device, channels_last: bool = False) -> nn.Module:
+    """``module`` on ``device``, in the channels-last memory format when asked for on CUDA."""
+    if channels_last and device.type == "cuda":
+        return module.to(device, memory_format=torch.channels_last)
+    return module.to(device)
+
+
 def to_device(batch: tuple[torch.Tensor, torch.Tensor], device: torch.device,
               channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x, y)`` on ``device`` (non-blocking); ``x`` channels-last when asked for on CUDA."""
     x, y = batch
     x = x.to(device, non_blocking=True)
     if channels_last and device.type == "cuda":
@@ -175,6 +272,7 @@ def cycle(loader) -> Iterator:
 
 
 def peak_memory_mb(device: torch.device) -> float:
+    """Peak allocated CUDA memory since the last reset, or the process's peak RSS on the CPU (MiB)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     try:

@@ -13,17 +13,16 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, ClassVar, Optional
 
 import torch
 from torch import nn
 
 from .checkpoint import seed_everything
-from .config import ConfigError, check, from_dict, to_dict
-from .data import DataConfig, Loaders, get_loaders
-from .engine import Meter, Progress, autocast, resolve_device, run, to_device
-
-LR_SCHEDULES = ("cosine", "linear", "constant")
+from .config import ConfigError, check, preset, preset_data, to_dict
+from .data import DataConfig, Loaders
+from .engine import OnEpochEnd, Update, place, run
+from .training import LR_SCHEDULES, evaluate, model_profile, scheduled_lr, task_data
 
 
 @dataclass
@@ -57,8 +56,10 @@ class RetrainConfig:
     seed: int = 0
     out: str = "runs/retrain"
 
-    def validate(self) -> None:
-        """Check every value (and that the genotype loads) before any data is read."""
+    def validate(self, *, genotype: bool = True) -> None:
+        """Check every value (and, with ``genotype``, that the genotype loads) before any data is read;
+        ``genotype=False`` (the sweep, before its searches have found one) skips the genotype look-up.  The
+        device is probed by ``istanas.search.check_runtime``, not here."""
         check(isinstance(self.genotype, str) and self.genotype.strip() != "",
               "genotype: give a registry name (e.g. DARTS_V2), a genotype .json file or JSON text")
         if not isinstance(self.data, DataConfig):
@@ -84,12 +85,10 @@ class RetrainConfig:
         check(self.eval_every >= 1, f"eval_every must be >= 1, got {self.eval_every}")
         check(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
               f"device must be auto, cpu or cuda, got {self.device!r}")
-        try:
-            resolve_device(self.device)
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
         check(self.data.cutout <= self.data.resolved_image_size,
               f"data.cutout={self.data.cutout} is larger than the image ({self.data.resolved_image_size} px)")
+        if not genotype:
+            return
         try:
             load_genotype_str(self.genotype)
         except (ValueError, FileNotFoundError, KeyError) as e:
@@ -100,16 +99,12 @@ class RetrainConfig:
         """A whole setup: ``"cifar10"`` (the papers' CIFAR-10 evaluation), ``"imagenet"`` (250 epochs, lr 0.1
         linear decay, label smoothing 0.1, 48 channels, 14 cells, wd 3e-5), ``"quick"`` (digits, a tiny net, a few
         epochs: a CPU smoke run).  ``overrides`` are top-level fields (``data`` may be a partial mapping)."""
-        data = preset_dict(name)
-        for k, v in overrides.items():
-            if k == "data" and isinstance(v, dict):
-                data["data"].update(v)
-            else:
-                data[k] = v
-        return from_dict(cls, data)
+        return preset(cls, name, **overrides)
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
 
 
-RETRAIN_PRESETS: dict[str, dict[str, Any]] = {
+RetrainConfig.PRESETS = {
     "cifar10": {
         "data": {"dataset": "cifar10", "batch_size": 96, "eval_batch_size": 256, "cutout": 16},
         "epochs": 600, "lr": 0.025, "lr_min": 0.0, "lr_schedule": "cosine", "momentum": 0.9,
@@ -132,18 +127,13 @@ RETRAIN_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+#: The presets by name (the same dict as ``RetrainConfig.PRESETS``).
+RETRAIN_PRESETS: dict[str, dict[str, Any]] = RetrainConfig.PRESETS
+
+
 def preset_dict(name: str) -> dict[str, Any]:
-    """A deep copy of a preset's values (``RETRAIN_PRESETS``), with the remaining fields at their defaults."""
-    if name not in RETRAIN_PRESETS:
-        raise ConfigError(f"preset must be one of {sorted(RETRAIN_PRESETS)}, got {name!r}")
-    base = to_dict(RetrainConfig())
-    p = RETRAIN_PRESETS[name]
-    for k, v in p.items():
-        if k == "data":
-            base["data"].update(v)
-        else:
-            base[k] = v
-    return base
+    """A deep copy of a preset's values, with the remaining fields at their defaults (:func:`config.preset_data`)."""
+    return preset_data(RetrainConfig, name)
 
 
 def preset_for_dataset(dataset: str) -> str:
@@ -153,31 +143,15 @@ def preset_for_dataset(dataset: str) -> str:
 
 # ------------------------------------------------------------------------------------------------ learning rate
 def lr_at(cfg: RetrainConfig, epoch: int) -> float:
-    """The learning rate of epoch ``epoch`` (0-based), set at the start of the epoch.
-
-    cosine: ``lr_min + (lr - lr_min) (1 + cos(pi e / E)) / 2`` (DARTS' CosineAnnealingLR(T_max=E) stepped at
-    epoch start).  linear (PC-DARTS ImageNet): ``lr (E - 5 - e) / (E - 5)`` until the last 5 epochs, then
-    ``lr (E - e) / (5 (E - 5))``; plain ``lr (E - e) / E`` when E <= 5; floored at ``lr_min``.  Warm-up:
-    ``lr (e + 1) / W`` for ``e < W``.
-    """
-    E, e = cfg.epochs, epoch
-    if cfg.warmup_epochs and e < cfg.warmup_epochs:
-        return cfg.lr * (e + 1) / cfg.warmup_epochs
-    if cfg.lr_schedule == "constant":
-        return cfg.lr
-    if cfg.lr_schedule == "cosine":
-        return cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1.0 + math.cos(math.pi * e / E))
-    if E > 5:
-        f = (E - 5 - e) / (E - 5) if E - e > 5 else (E - e) / (5 * (E - 5))
-    else:
-        f = (E - e) / E
-    return max(cfg.lr_min, cfg.lr * f)
+    """The learning rate of 0-based ``epoch``, set at its start: ``cfg.lr_schedule`` with ``cfg.warmup_epochs``
+    (:func:`istanas.training.scheduled_lr`)."""
+    return scheduled_lr(cfg.lr_schedule, cfg.lr, cfg.lr_min, epoch, cfg.epochs, cfg.warmup_epochs)
 
 
 # ------------------------------------------------------------------------------------------------ genotype/model
 def load_genotype_str(text: str):
     """``spaces.genotype.load_genotype`` (a registry name, a .json file or JSON text)."""
-    from spaces.genotype import load_genotype
+    from spaces.registry import load_genotype
 
     return load_genotype(text)
 
@@ -224,23 +198,17 @@ def _split_output(out: Any) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
 class RetrainTask:
     """Retraining as an :class:`istanas.engine.Task`.
 
-    A step: ``x [B, 3, H, W] -> logits [B, K]`` (and ``aux [B, K]`` in training mode when the network has an
-    auxiliary head), loss ``CE(logits) + auxiliary_weight * CE(aux)``, backward, clip, SGD step.  Metrics stay on
-    the device (:class:`Meter`) until the epoch ends.
+    A step (one engine update): ``x [B, 3, H, W] -> logits [B, K]`` (and ``aux [B, K]`` in training mode when the
+    network has an auxiliary head), loss ``CE(logits) + auxiliary_weight * CE(aux)``, backward, clip, SGD step.
     """
 
     def __init__(self, cfg: RetrainConfig, loaders: Optional[Loaders] = None,
                  device: Optional[torch.device] = None, rank: int = 0, world_size: int = 1):
         self.cfg = cfg
-        self.device = device if device is not None else resolve_device(cfg.device)
         self.genotype = load_genotype_str(cfg.genotype)
-        self.loaders = loaders if loaders is not None else get_loaders(
-            cfg.data, "train", seed=cfg.seed, rank=rank, world_size=world_size,
-            device=self.device if cfg.data.resolved_in_memory else None)
-        self.channels_last = cfg.channels_last and self.device.type == "cuda"
-        model = build_model(cfg, self.genotype, self.loaders.num_classes, self.loaders.image_size)
-        self.model = model.to(self.device, memory_format=torch.channels_last) if self.channels_last \
-            else model.to(self.device)
+        self.device, self.loaders = task_data(cfg, "train", loaders, device, rank=rank, world_size=world_size)
+        self.model = place(build_model(cfg, self.genotype, self.loaders.num_classes, self.loaders.image_size),
+                           self.device, cfg.channels_last)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                          weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
@@ -264,46 +232,35 @@ class RetrainTask:
         self.best_epoch = int(state.get("best_epoch", 0))
         self.last_acc = float(state.get("last_acc", float("nan")))
 
-    def _set_epoch_params(self, epoch: int) -> float:
-        lr = lr_at(self.cfg, epoch)
-        for g in self.optimizer.param_groups:
-            g["lr"] = lr
+    def lr_at(self, epoch: int) -> float:
+        return lr_at(self.cfg, epoch)
+
+    def begin_epoch(self, epoch: int) -> dict[str, float]:
         # drop-path ramp 0 -> drop_path over the run (DARTS: drop_path_prob * epoch / epochs)
         self.model.drop_path_prob = self.cfg.drop_path * epoch / self.cfg.epochs
-        return lr
+        self._params = [p for p in self.model.parameters() if p.requires_grad]
+        return {"drop_path": float(self.model.drop_path_prob)}
 
-    def train_epoch(self, epoch: int, progress: Progress) -> dict[str, float]:
+    def _loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.cfg
-        lr = self._set_epoch_params(epoch)
-        if hasattr(self.loaders.train, "set_epoch") and getattr(self.loaders.train, "world_size", 1) > 1:
-            self.loaders.train.set_epoch(epoch)
-        self.model.train()
-        meter = Meter(self.device)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        for batch in self.loaders.train:
-            x, y = to_device(batch, self.device, self.channels_last)
-            with autocast(self.device, cfg.bf16):
-                logits, aux = _split_output(self.model(x))
-                loss = self.criterion(logits.float(), y)
-                if aux is not None and cfg.auxiliary and cfg.auxiliary_weight > 0:
-                    loss = loss + cfg.auxiliary_weight * self.criterion(aux.float(), y)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            self.optimizer.step()
-            meter.update(loss, logits, y)
-            progress.update(meter)
-        m = meter.compute()
-        return {"train_loss": m["loss"], "train_acc": m["acc"], "lr": lr,
-                "drop_path": float(self.model.drop_path_prob)}
+        logits, aux = _split_output(self.model(x))
+        loss = self.criterion(logits.float(), y)
+        if aux is not None and cfg.auxiliary and cfg.auxiliary_weight > 0:
+            loss = loss + cfg.auxiliary_weight * self.criterion(aux.float(), y)
+        return loss, logits
+
+    def step(self, batch: Any) -> list[Update]:
+        return [Update(self._loss, [self.optimizer], clip=self._params, max_norm=self.cfg.grad_clip)]
+
+    def finish_epoch(self, epoch: int) -> dict[str, float]:
+        return {}
 
     @torch.no_grad()
     def evaluate(self, epoch: int) -> dict[str, float]:
         if (epoch + 1) % self.cfg.eval_every != 0 and epoch + 1 != self.cfg.epochs:
             return {}
-        m = evaluate_model(self.model, self.loaders.valid, self.device, criterion=self.criterion,
-                           bf16=self.cfg.bf16, channels_last=self.channels_last)
+        m = evaluate(self.model, self.loaders.valid, self.device, self.criterion, bf16=self.cfg.bf16,
+                     channels_last=self.cfg.channels_last)
         return {"test_loss": m["loss"], "test_acc": m["acc"]}
 
     def end_epoch(self, epoch: int, metrics: dict) -> bool:
@@ -315,47 +272,14 @@ class RetrainTask:
         return False
 
 
-@torch.no_grad()
-def evaluate_model(model: nn.Module, loader, device: torch.device, *, criterion: Optional[nn.Module] = None,
-                   bf16: bool = True, channels_last: bool = False) -> dict[str, float]:
-    """Mean loss and top-1 accuracy of ``model`` over ``loader`` (eval mode; one host read at the end)."""
-    criterion = criterion or nn.CrossEntropyLoss()
-    was_training = model.training
-    model.eval()
-    meter = Meter(device)
-    try:
-        for batch in loader:
-            x, y = to_device(batch, device, channels_last)
-            with autocast(device, bf16):
-                logits, _ = _split_output(model(x))
-            meter.update(criterion(logits.float(), y), logits, y)
-    finally:
-        model.train(was_training)
-    return meter.compute()
-
-
-def model_profile(model: nn.Module, image_size: int, in_channels: int = 3) -> dict[str, float]:
-    """``params_m`` (auxiliary head excluded) and ``flops_m`` (multiply-adds, millions) of ``model``."""
-    from spaces.profile import count_flops, count_parameters
-
-    out = {"params_m": float(count_parameters(model, exclude_aux=True))}
-    try:
-        out["flops_m"] = float(count_flops(model, (1, in_channels, image_size, image_size)))
-    except Exception:  # pragma: no cover - FLOP counting is informative only
-        out["flops_m"] = float("nan")
-    return out
-
-
 # ---------------------------------------------------------------------------------------------------- entry point
-def retrain(cfg: RetrainConfig, report: Optional[Callable[[dict], None]] = None,
-            checkpoint: Optional[Callable[[dict], None]] = None, resume: Optional[dict] = None,
-            progress: bool = True, loaders: Optional[Loaders] = None,
-            task_out: Optional[list] = None) -> dict:
+def retrain(cfg: RetrainConfig, *, on_epoch_end: Optional[OnEpochEnd] = None, resume: Optional[dict] = None,
+            progress: bool = True, loaders: Optional[Loaders] = None, task_out: Optional[list] = None) -> dict:
     """Retrain ``cfg.genotype`` and return the result record.
 
-    ``report`` / ``checkpoint`` / ``resume`` / ``progress`` go to :func:`istanas.engine.run` (``resume`` is a state
-    saved by ``checkpoint``).  ``loaders`` overrides the data (e.g. Ray Train shards).  If ``task_out`` is a list
-    the :class:`RetrainTask` is appended to it (to reach the trained model).  The record: ``test_acc`` (after the
+    ``on_epoch_end(metrics, state)`` / ``resume`` / ``progress`` go to :func:`istanas.engine.run` (``resume`` is
+    such a state).  ``loaders`` overrides the data (e.g. Ray Train shards).  If ``task_out`` is a list the
+    :class:`RetrainTask` is appended to it (to reach the trained model).  The record: ``test_acc`` (after the
     last epoch), ``best_test_acc`` / ``best_epoch``, ``params_m`` (no auxiliary head), ``flops_m``,
     ``wall_time_s`` (training time over all sessions), ``epochs`` (completed), ``genotype`` (JSON form),
     ``genotype_digest``, ``dataset``, ``device``, ``config`` and ``history`` (per-epoch metrics).
@@ -367,8 +291,8 @@ def retrain(cfg: RetrainConfig, report: Optional[Callable[[dict], None]] = None,
     if task_out is not None:
         task_out.append(task)
     profile = model_profile(task.model, task.loaders.image_size, task.loaders.in_channels)
-    history = run(task, epochs=cfg.epochs, report=report, checkpoint=checkpoint, resume=resume,
-                  progress=progress, desc="retrain")
+    history = run(task, epochs=cfg.epochs, on_epoch_end=on_epoch_end, resume=resume, progress=progress,
+                  desc="retrain")
     if not math.isfinite(task.last_acc):  # resumed from a finished run, or no evaluation happened
         m = task.evaluate(cfg.epochs - 1)
         task.end_epoch(cfg.epochs - 1, m)
@@ -391,5 +315,5 @@ def retrain(cfg: RetrainConfig, report: Optional[Callable[[dict], None]] = None,
 
 
 __all__ = ["RetrainConfig", "RETRAIN_PRESETS", "preset_dict", "preset_for_dataset", "lr_at", "RetrainTask",
-           "evaluate_model", "model_profile", "retrain", "build_model", "load_genotype_str"]
+           "retrain", "build_model", "load_genotype_str"]
 

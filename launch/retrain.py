@@ -19,6 +19,7 @@ from istanas.checkpoint import atomic_write_json, save  # noqa: E402
 from istanas.config import read_yaml  # noqa: E402
 from istanas.data import DATASETS  # noqa: E402
 from istanas.retrain import RETRAIN_PRESETS, RetrainConfig, preset_dict, preset_for_dataset, retrain  # noqa: E402
+from istanas.search import check_runtime  # noqa: E402
 
 DEFAULT_OUT = "runs/retrain"
 
@@ -97,6 +98,7 @@ def _run(args: argparse.Namespace) -> int:
              "epochs": args.epochs, "data.download": True if args.download else None,
              "out": args.out if args.resume else None}
     cfg = cli.build_config(RetrainConfig, args, extra, base=_base_config(args))
+    check_runtime(cfg)
     out = cfg.out
     state = cli.load_resume(out, args.resume)
     if state is None:
@@ -106,9 +108,8 @@ def _run(args: argparse.Namespace) -> int:
           f"device={cfg.device}, out={out}" + (f" (resuming after epoch {done})" if state is not None else ""),
           flush=True)
     tasks: list = []
-    result = retrain(cfg, report=cli.metrics_logger(out, resume_epoch=done),
-                     checkpoint=cli.checkpoint_hook(out), resume=state, progress=not args.no_progress,
-                     task_out=tasks)
+    result = retrain(cfg, on_epoch_end=cli.run_hooks(out, resume_epoch=done), resume=state,
+                     progress=not args.no_progress, task_out=tasks)
     save(tasks[0].model.state_dict(), os.path.join(out, "model.pt"))
     atomic_write_json(os.path.join(out, "result.json"), result)
     print(f"done: test_acc {result['test_acc']:.4f} (best {result['best_test_acc']:.4f} at epoch "

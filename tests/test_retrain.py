@@ -15,6 +15,7 @@ from torch import nn
 from istanas import cli
 from istanas.checkpoint import load
 from istanas.config import ConfigError, from_dict, read_yaml
+from istanas.engine import Progress, train_epoch
 from istanas.retrain import RetrainConfig, RetrainTask, lr_at, preset_dict, retrain
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -37,7 +38,7 @@ def test_quick_retrain_learns_digits():
     assert r["test_acc"] > 0.5, r["history"]
     assert r["best_test_acc"] >= r["test_acc"] and 1 <= r["best_epoch"] <= 3
     assert r["epochs"] == 3 and len(r["history"]) == 3
-    from spaces.genotype import load_genotype
+    from spaces.registry import load_genotype
 
     g = load_genotype("DARTS_V2")
     assert r["genotype_digest"] == g.digest() and r["genotype"] == g.to_dict()
@@ -78,16 +79,14 @@ def test_train_step_uses_auxiliary_weight_and_ramps_drop_path():
     state = torch.get_rng_state()
     x, y = next(iter(task.loaders.train))
     torch.set_rng_state(state)
-    from istanas.engine import Progress
-
-    m = task.train_epoch(0, Progress(1, enabled=False))
+    m = train_epoch(task, 0, Progress(1, enabled=False))
     before.train()
     logits, aux = before(x)
     ce = nn.CrossEntropyLoss()
     assert aux is not None and aux.shape == logits.shape == (32, 10)
     assert m["train_loss"] == pytest.approx((ce(logits, y) + 0.4 * ce(aux, y)).item(), rel=1e-5)
     assert m["drop_path"] == 0.0
-    task.train_epoch(2, Progress(1, enabled=False))
+    train_epoch(task, 2, Progress(1, enabled=False))
     assert task.model.drop_path_prob == pytest.approx(0.2 * 2 / 4)
 
 
@@ -140,7 +139,7 @@ def test_function_resume_from_checkpoint_hook_state():
                                data={"limit_train": 128, "limit_test": 32, "cutout": 4})
     states: list = []
     tasks: list = []
-    retrain(cfg, checkpoint=lambda s: states.append(copy.deepcopy(s)), progress=False, task_out=tasks)
+    retrain(cfg, on_epoch_end=lambda m, s: states.append(copy.deepcopy(s)), progress=False, task_out=tasks)
     torch.manual_seed(999)  # disturb the global RNG: resume must restore it
     resumed: list = []
     retrain(cfg, resume=states[0], progress=False, task_out=resumed)

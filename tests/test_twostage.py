@@ -9,12 +9,12 @@ import sys
 import pytest
 import torch
 
-from istanas.ista.compressed import CompressedSpace, RecoveryConfig
+from istanas.ista.compressed import CompressedSpace, RecoveryConfig, genotype_from_support
 from istanas.config import ConfigError, from_dict
 from istanas.darts import DartsConfig, darts_genotype
-from istanas.darts import search as darts_search
 from istanas.supernet import ISTA_PRIMITIVES
-from istanas.ista.twostage import TwoStageConfig, genotype_from_support, search, write_outputs
+from istanas.ista.twostage import TwoStageConfig
+from istanas.search import run_search, write_outputs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "launch"))
@@ -46,17 +46,22 @@ def _check_genotype(g) -> None:
         assert tuple(getattr(g, f"{cell}_concat")) == (2, 3, 4, 5)
 
 
+def search(cfg, **kw):
+    """A two-stage search through the one runner."""
+    return run_search("twostage", cfg, **kw)
+
+
 @pytest.fixture(scope="module")
-def one_epoch() -> dict:
+def one_epoch():
     torch.set_num_threads(1)
     return search(_tiny(1), progress=False)
 
 
 def test_one_epoch_search_on_real_digits_cpu(one_epoch):
     r = one_epoch
-    _check_genotype(r["genotype"])
-    h = r["history"]
-    assert len(h) == 1 and r["final"]["epochs"] == 1
+    _check_genotype(r.genotype)
+    h = r.history
+    assert len(h) == 1 and r.final["epochs"] == 1
     m = h[0]
     for key in ("train_loss", "train_acc", "val_loss", "val_acc", "arch_loss", "support_churn", "step_time_s",
                 "peak_mem_mb", "recovery_time_s", "dz_max", "epoch_time_s"):
@@ -64,9 +69,9 @@ def test_one_epoch_search_on_real_digits_cpu(one_epoch):
     assert all(f"dz_{c}_{i}" in m for c in ("normal", "reduce") for i in range(4))
     assert 0.0 <= m["val_acc"] <= 1.0 and m["train_loss"] > 0
     assert 0 <= m["support_churn"] <= 16               # 2 cell types x 4 nodes x s = 2 entries
-    assert r["genotype_json"] == r["genotype"].to_json() and r["genotype_digest"] == r["genotype"].digest()
+    assert r.genotype_json == r.genotype.to_json() and r.genotype_digest == r.genotype.digest()
     # the history's genotype is the final one and is the top-2 of the final support
-    assert json.loads(m["genotype"]) == r["genotype"].to_dict()
+    assert json.loads(m["genotype"]) == r.genotype.to_dict()
 
 
 def test_genotype_matches_the_compressed_space_pairs():
@@ -95,33 +100,35 @@ def test_genotype_matches_the_compressed_space_pairs():
 
 def test_interrupted_and_resumed_search_equals_uninterrupted(tmp_path):
     cfg = _tiny(2)
-    tasks_full: list = []
-    full = search(cfg, progress=False, task_out=tasks_full)
+    states_full: list = []
+    full = search(cfg, progress=False, on_epoch_end=lambda m, s: states_full.append(s))
     saved: list = []
 
     class Interrupt(Exception):
         pass
 
-    def hook(state):
+    def hook(metrics, state):
         saved.append(state)
         if state["epoch"] == 1:
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        search(cfg, checkpoint=hook, progress=False)
+        search(cfg, on_epoch_end=hook, progress=False)
     # through a real checkpoint file (weights_only load)
     from istanas.checkpoint import load, save
 
     path = tmp_path / "ckpt.pt"
     save(saved[-1], path)
-    tasks_res: list = []
-    resumed = search(cfg, resume=load(path), progress=False, task_out=tasks_res)
-    assert resumed["genotype"] == full["genotype"]
-    assert torch.equal(tasks_res[0].space.b.detach(), tasks_full[0].space.b.detach())
-    assert torch.equal(tasks_res[0].space.z, tasks_full[0].space.z)
-    assert [h["val_acc"] for h in resumed["history"]] == [h["val_acc"] for h in full["history"]]
-    sd_a, sd_b = tasks_res[0].model.state_dict(), tasks_full[0].model.state_dict()
-    assert all(torch.equal(sd_a[k], sd_b[k]) for k in sd_a)
+    states_res: list = []
+    resumed = search(cfg, resume=load(path), progress=False, on_epoch_end=lambda m, s: states_res.append(s))
+    assert resumed.genotype == full.genotype
+    # the task's state after the last epoch (what the runner's task holds at the end)
+    end_res, end_full = states_res[-1]["task"], states_full[-1]["task"]
+    assert torch.equal(end_res["space"]["b"], end_full["space"]["b"])
+    assert torch.equal(end_res["space"]["z"], end_full["space"]["z"])
+    assert [h["val_acc"] for h in resumed.history] == [h["val_acc"] for h in full.history]
+    sd_a, sd_b = end_res["model"], end_full["model"]
+    assert sd_a.keys() == sd_b.keys() and all(torch.equal(sd_a[k], sd_b[k]) for k in sd_a)
 
 
 def test_recovery_schedule_step_vs_epoch():
@@ -129,19 +136,19 @@ def test_recovery_schedule_step_vs_epoch():
     epoch = search(_tiny(2, recover_every="epoch"), progress=False)
     n_steps = 3                                           # 96 training images / batch 32
     # step: one recovery per step (before each step whose b changed, the last one after the epoch's final step)
-    assert [h["recoveries"] for h in step["history"]] == [n_steps, n_steps]
+    assert [h["recoveries"] for h in step.history] == [n_steps, n_steps]
     # epoch (the reference): once per epoch, after it (plus the initial one before epoch 1)
-    assert [h["recoveries"] for h in epoch["history"]] == [1, 1]
-    assert step["final"]["recoveries"] == 1 + 2 * n_steps and epoch["final"]["recoveries"] == 3
-    _check_genotype(step["genotype"])
-    _check_genotype(epoch["genotype"])
+    assert [h["recoveries"] for h in epoch.history] == [1, 1]
+    assert step.final["recoveries"] == 1 + 2 * n_steps and epoch.final["recoveries"] == 3
+    _check_genotype(step.genotype)
+    _check_genotype(epoch.genotype)
 
 
 def test_epsilon_stops_the_search_when_z_stops_moving():
     r = search(_tiny(3, epsilon=1e9), progress=False)
-    assert len(r["history"]) == 1 and r["final"]["converged_epoch"] == 1
+    assert len(r.history) == 1 and r.final["converged_epoch"] == 1
     r = search(_tiny(2, epsilon=1e-12, arch_lr=0.05), progress=False)
-    assert len(r["history"]) == 2 and r["final"]["converged_epoch"] == 0
+    assert len(r.history) == 2 and r.final["converged_epoch"] == 0
 
 
 def test_bad_config_names_the_field():
@@ -191,9 +198,9 @@ def test_darts_genotype_rule():
 
 def test_darts_baseline_runs_one_epoch():
     cfg = DartsConfig.preset("small", epochs=1, **TINY)
-    r = darts_search(cfg, progress=False)
-    _check_genotype(r["genotype"])
-    m = r["history"][0]
+    r = run_search("darts", cfg, progress=False)
+    _check_genotype(r.genotype)
+    m = r.history[0]
     for key in ("train_loss", "val_acc", "step_time_s", "peak_mem_mb", "genotype_churn"):
         assert key in m
 
@@ -204,10 +211,10 @@ def test_write_outputs(tmp_path, one_epoch):
     r = one_epoch
     paths = write_outputs(r, str(tmp_path))
     with open(paths["genotype"], encoding="utf-8") as f:
-        assert Genotype.from_json(f.read()) == r["genotype"]
+        assert Genotype.from_json(f.read()) == r.genotype
     with open(paths["result"], encoding="utf-8") as f:
         rec = json.load(f)
-    assert rec["genotype"] == r["genotype"].to_dict() and rec["final"]["epochs"] == 1
+    assert rec["genotype"] == r.genotype.to_dict() and rec["final"]["epochs"] == 1
     for cell in ("normal", "reduce"):
         for fmt in ("png", "svg"):
             p = paths[f"plot_{cell}_{fmt}"]
@@ -271,7 +278,7 @@ def test_cli_search_resume_and_outputs(tmp_path, capsys):
 def test_one_host_transfer_per_recovery_on_cuda():
     import warnings
 
-    from istanas.ista.twostage import HostRecovery
+    from istanas.ista.compressed import HostRecovery
 
     space = CompressedSpace(K, 4, RecoveryConfig(seed=1)).cuda()
     rec = HostRecovery(space)

@@ -23,6 +23,7 @@ the masks and the frozen-node state, so a resumed search recovers exactly the sa
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Optional, Sequence, Union
@@ -30,10 +31,13 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import nn
 
+from spaces.genotype import Genotype
 from istanas.config import ConfigError
 from istanas.ista.recovery import METHODS, lasso
+from istanas.supernet import CELL_TYPES, ISTA_PRIMITIVES
 
-__all__ = ["RecoveryConfig", "CompressedSpace", "support_to_host", "MATRICES", "SUPPORTS"]
+__all__ = ["RecoveryConfig", "CompressedSpace", "HostRecovery", "support_to_host", "support_churn",
+           "genotype_from_support", "MATRICES", "SUPPORTS"]
 
 MATRICES = ("uniform", "gaussian")
 SUPPORTS = ("topk", "distinct_edges")
@@ -328,3 +332,77 @@ class CompressedSpace(nn.Module):
                     pairs.append((int(k) % K, int(k) // K))
             out[name] = pairs
         return out
+
+
+def support_churn(new: torch.Tensor, old: torch.Tensor) -> int:
+    """Entries of S that changed: per node, the ids of ``new [T, steps, s]`` not in ``old``, summed (host tensors)."""
+    return int((new.unsqueeze(-1) != old.unsqueeze(-2)).all(-1).sum())
+
+
+def genotype_from_support(support_host: torch.Tensor, z: torch.Tensor, primitives: Sequence[str] = ISTA_PRIMITIVES,
+                          steps: int = 4) -> Genotype:
+    """The :class:`spaces.genotype.Genotype` of a support: 2 (op, input) pairs per node.
+
+    ``support_host [T, steps, s]`` flat ids (``input * K + op``) ordered by decreasing |z| (as
+    :meth:`CompressedSpace.select_support` returns them); ``z [T, steps, n_max]``.  Per node the two strongest
+    support entries are kept (s >= 2); with s = 1 the second pair is the node's strongest candidate outside S by
+    |z| (lowest id on ties).  Within a node the pairs are listed as the reference does: the second strongest, then
+    the strongest.
+    """
+    K = len(primitives)
+    sup = support_host.tolist()
+    mag = z.detach().abs().cpu().tolist()
+    cells = {}
+    for t, name in enumerate(CELL_TYPES):
+        pairs = []
+        for i in range(steps):
+            chosen = [int(k) for k in sup[t][i][:2]]
+            if len(chosen) < 2:
+                n_i = (2 + i) * K
+                rest = sorted((k for k in range(n_i) if k not in chosen), key=lambda k: (-mag[t][i][k], k))
+                chosen.append(rest[0])
+            for k in reversed(chosen):
+                pairs.append((primitives[k % K], k // K))
+        cells[name] = tuple(pairs)
+    concat = tuple(range(2, 2 + steps))
+    return Genotype(normal=cells["normal"], normal_concat=concat, reduce=cells["reduce"], reduce_concat=concat)
+
+
+class HostRecovery:
+    """Recovery with one device -> host transfer, returning the support on the device and on the host.
+
+    ``__call__() -> (support [T, steps, s] on the space's device, support_host on the CPU)``; the space's ``z``
+    is updated.  On a CPU space this is ``recover -> select_support``.  On a CUDA space (unless
+    ``cfg.device`` names a CUDA device) b and z are packed and copied to a CPU mirror of the space in one transfer,
+    the batched LASSO and the support selection run there, and z / S go back to the device without a wait.
+    """
+
+    def __init__(self, space: CompressedSpace):
+        self.space = space
+        dev = space.b.device
+        want = space.cfg.device
+        self.mirror: Optional[CompressedSpace] = None
+        if dev.type != "cpu" and (want is None or torch.device(want).type == "cpu"):
+            cfg = dataclasses.replace(space.cfg, device=None)
+            mirror = CompressedSpace(space.num_ops, space.steps, cfg, cell_types=space.cell_types)
+            mirror.load_state_dict({k: v.detach().cpu() for k, v in space.state_dict().items()})
+            mirror.frozen.zero_()      # b arrives already "effective" (frozen nodes at their frozen value)
+            self.mirror = mirror
+
+    @torch.no_grad()
+    def __call__(self, warm_start: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        space = self.space
+        if self.mirror is None:
+            z = space.recover(warm_start=warm_start)
+            support = space.select_support(z)
+            return support, support_to_host(support)
+        m = self.mirror
+        b = space.effective_b().detach().to(space.z.dtype)
+        packed = torch.cat([b.reshape(-1), space.z.reshape(-1)]).cpu()    # the one device -> host transfer
+        nb = b.numel()
+        m.b.copy_(packed[:nb].view_as(m.b).to(m.b.dtype))
+        m.z.copy_(packed[nb:].view_as(m.z))
+        z = m.recover(warm_start=warm_start)
+        host = m.select_support(z)
+        space.z.copy_(z.to(space.z.device, non_blocking=True))
+        return host.to(space.b.device, non_blocking=True), host

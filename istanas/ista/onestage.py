@@ -67,13 +67,14 @@ from typing import Any, Callable, ClassVar, Optional
 import torch
 from torch import nn
 
-from .compressed import CompressedSpace, RecoveryConfig
-from ..config import ConfigError, check, from_dict
-from ..data import DataConfig, Loaders, get_loaders
-from ..engine import Meter, Progress, autocast, peak_memory_mb, resolve_device, to_device
+from spaces.networks import is_imagenet
+from .compressed import CompressedSpace, HostRecovery, RecoveryConfig, genotype_from_support, support_churn
+from ..config import ConfigError, SearchOptimConfig, check, preset
+from ..data import DataConfig, Loaders
+from ..engine import Update, place
 from ..supernet import CELL_TYPES, ISTA_PRIMITIVES, SparseSuperNet, SupportPlan
-from .twostage import (RECOVER_EVERY, HostRecovery, _churn, _preset_data, _run_search, cosine_lr, evaluate_loader,
-                       genotype_from_support, validate_common, validate_recovery)
+from ..training import cosine_lr, evaluate, task_data
+from .twostage import RECOVER_EVERY, validate_recovery
 
 STOP_SCOPES = ("node", "network")
 LR_SCHEDULES = ("constant_then_cosine", "cosine")
@@ -82,7 +83,7 @@ UNFREEZE_SCOPES = ("all", "final")
 
 # ----------------------------------------------------------------------------------------------------- config
 @dataclass
-class OneStageConfig:
+class OneStageConfig(SearchOptimConfig):
     """Settings of a one-stage ISTA-NAS run (Algorithm 2); see the module doc for what each choice means.
 
     The bare defaults are the reference's CIFAR-10 target-net settings (tools/train_search_single.py run by
@@ -102,19 +103,12 @@ class OneStageConfig:
     recovery: RecoveryConfig = field(default_factory=RecoveryConfig)
     C: int = 36
     layers: int = 20
-    steps: int = 4
     epochs: int = 1200
     search_epochs: Optional[int] = 600
     train_epochs: Optional[int] = 600
     lr: float = 0.025
-    lr_min: float = 0.001
     lr_schedule: str = "constant_then_cosine"
-    momentum: float = 0.9
-    weight_decay: float = 3e-4
-    grad_clip: float = 5.0
     arch_lr: float = 3e-4
-    arch_betas: tuple[float, float] = (0.5, 0.999)
-    arch_weight_decay: float = 1e-3
     init_b_std: float = 1e-3
     recover_every: str = "step"
     epsilon: float = 1e-3
@@ -127,12 +121,9 @@ class OneStageConfig:
     drop_path: float = 0.2
     label_smoothing: float = 0.0
     eval_every: int = 1
-    bf16: bool = True
+    bf16: bool = True                    # bf16 autocast (CUDA only)
     channels_last: bool = True           # channels-last memory format (CUDA only)
     record_supports: bool = False
-    seed: int = 0
-    device: str = "auto"
-    deterministic: bool = True
     out: str = "runs/search-onestage"
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
@@ -143,7 +134,7 @@ class OneStageConfig:
             raise ConfigError("data: expected a DataConfig mapping")
         if not isinstance(self.recovery, RecoveryConfig):
             raise ConfigError("recovery: expected a RecoveryConfig mapping")
-        validate_common(self)
+        self.validate_common()
 
         def opt_int(name: str, lo: int) -> None:
             v = getattr(self, name)
@@ -194,7 +185,7 @@ class OneStageConfig:
     def preset(cls, name: str, **overrides: Any) -> "OneStageConfig":
         """``"small"`` (digits, C = 8, 5 cells, 12 epochs: CPU minutes), ``"cifar10"`` (the reference's target
         net) or ``"imagenet"``.  ``overrides``: top-level fields; ``data`` / ``recovery`` may be partial mappings."""
-        return from_dict(cls, _preset_data(cls, cls.PRESETS, name, overrides))
+        return preset(cls, name, **overrides)
 
 
 OneStageConfig.PRESETS = {
@@ -231,11 +222,6 @@ OneStageConfig.PRESETS = {
         "drop_path": 0.0, "label_smoothing": 0.1,
     },
 }
-
-
-def preset_dict(name: str) -> dict[str, Any]:
-    """The full field mapping of a one-stage preset (for the CLI's precedence chain)."""
-    return _preset_data(OneStageConfig, OneStageConfig.PRESETS, name, {})
 
 
 # ------------------------------------------------------------------------------------------------ distributed
@@ -378,13 +364,9 @@ class OneStageTask:
 
     def __init__(self, cfg: OneStageConfig, loaders: Optional[Loaders] = None,
                  device: Optional[torch.device] = None, dist: Optional[DistHooks] = None):
-        from spaces.networks import is_imagenet
-
         self.cfg = cfg
         self.dist = dist if dist is not None else DistHooks()
-        self.device = device if device is not None else resolve_device(cfg.device)
-        self.loaders = loaders if loaders is not None else get_loaders(
-            cfg.data, "train", seed=cfg.seed, device=self.device if cfg.data.resolved_in_memory else None)
+        self.device, self.loaders = task_data(cfg, "train", loaders, device)
         dataset = cfg.data.dataset
         supernet = SparseSuperNet(C=cfg.C, num_classes=self.loaders.num_classes, layers=cfg.layers, steps=cfg.steps,
                                   multiplier=cfg.steps, in_channels=self.loaders.in_channels,
@@ -393,11 +375,12 @@ class OneStageTask:
         rcfg = dataclasses.replace(cfg.recovery, seed=int(cfg.seed) + int(cfg.recovery.seed))
         space = CompressedSpace(len(ISTA_PRIMITIVES), cfg.steps, rcfg, cell_types=CELL_TYPES,
                                 init_b_std=cfg.init_b_std)
-        self.net = OneStageNet(supernet, space, dataset, self.loaders.image_size).to(self.device)
+        self.net = OneStageNet(place(supernet, self.device, cfg.channels_last), space, dataset,
+                               self.loaders.image_size).to(self.device)
         self.space = self.net.space
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-        self.w_opt = torch.optim.SGD(supernet.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                     weight_decay=cfg.weight_decay)
+        self.optimizer = torch.optim.SGD(supernet.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                         weight_decay=cfg.weight_decay)
         self.a_opt = torch.optim.Adam([self.space.b], lr=cfg.arch_lr, betas=tuple(cfg.arch_betas),
                                       weight_decay=cfg.arch_weight_decay)
         self._fixed_params, self._param_cost = candidate_param_table(supernet)
@@ -452,7 +435,7 @@ class OneStageTask:
         self.net.set_support(host)
         self.support_host = host
         if prev is not None:
-            self.churn_total += _churn(host, prev)
+            self.churn_total += support_churn(host, prev)
         self.recoveries += 1
         self.recovery_time += time.perf_counter() - t0
         self._stale = False
@@ -483,7 +466,7 @@ class OneStageTask:
         return len(self.loaders.train)
 
     def state_dict(self) -> dict:
-        return {"net": self.net.state_dict(), "w_opt": self.w_opt.state_dict(), "a_opt": self.a_opt.state_dict(),
+        return {"net": self.net.state_dict(), "w_opt": self.optimizer.state_dict(), "a_opt": self.a_opt.state_dict(),
                 "support_host": self.support_host.clone(), "stop_epochs": self.stop_epochs.clone(),
                 "forced": self.forced.clone(), "z_frozen": self.z_frozen.detach().cpu().clone(),
                 "switch_epoch": int(self.switch_epoch), "searching": bool(self.searching),
@@ -499,7 +482,7 @@ class OneStageTask:
         # the released BNs are trainable again (requires_grad is not part of a state dict)
         for t, i in (self.stop_epochs > 0).nonzero().tolist():
             self.net.supernet.unfreeze_node(t, i, scope=self.cfg.unfreeze)
-        self.w_opt.load_state_dict(state["w_opt"])
+        self.optimizer.load_state_dict(state["w_opt"])
         self.a_opt.load_state_dict(state["a_opt"])
         self._recoverer = HostRecovery(self.space)
         self.support_host = state["support_host"].to(torch.int64).cpu().clone()
@@ -514,68 +497,45 @@ class OneStageTask:
         self._stale = False
         self.model = self.dist.wrap(self.net)
 
-    def train_epoch(self, epoch: int, progress: Progress) -> dict[str, float]:
-        cfg = self.cfg
-        lr = self.lr_at(epoch)
-        for g in self.w_opt.param_groups:
-            g["lr"] = lr
+    def _loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Line 8 / 10's one training loss: CE(logits) (+ ``auxiliary_weight`` CE(aux))."""
+        out = self.model(x, self.net.plan)
+        logits, aux = out if isinstance(out, tuple) else (out, None)
+        loss = self.criterion(logits.float(), y)
+        if aux is not None and self.cfg.auxiliary and self.cfg.auxiliary_weight > 0:
+            loss = loss + self.cfg.auxiliary_weight * self.criterion(aux.float(), y)
+        return loss, logits
+
+    def begin_epoch(self, epoch: int) -> dict[str, Any]:
         self.net.supernet.drop_path_prob = self.drop_path_at(epoch)
-        if hasattr(self.loaders.train, "set_epoch") and getattr(self.loaders.train, "world_size", 1) > 1:
-            self.loaders.train.set_epoch(epoch)
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-        searching = self.searching
-        self.model.train()
-        z_start = self.space.z.detach().clone()
-        s_start = self.support_host.clone()
-        rec0, rtime0, churn0, rej0 = self.recoveries, self.recovery_time, self.churn_total, self.rejections
-        meter = Meter(self.device)
-        weights = [p for p in self.net.supernet.parameters() if p.requires_grad]
-        every_step = searching and cfg.recover_every == "step"
-        use_aux = cfg.auxiliary and cfg.auxiliary_weight > 0
-        steps = 0
-        t0 = time.perf_counter()
-        for batch in self.loaders.train:
-            if every_step and self._stale:
-                self._recover()                                   # lines 2-3
-            if cfg.record_supports:
-                self.support_log.append(self.support_host)
-            x, y = to_device(batch, self.device)
-            with autocast(self.device, cfg.bf16):
-                out = self.model(x, self.net.plan)
-                logits, aux = out if isinstance(out, tuple) else (out, None)
-                loss = self.criterion(logits.float(), y)
-                if aux is not None and use_aux:
-                    loss = loss + cfg.auxiliary_weight * self.criterion(aux.float(), y)
-            self.w_opt.zero_grad(set_to_none=True)
-            if searching:
-                self.a_opt.zero_grad(set_to_none=True)
-            loss.backward()                                       # one training loss for W and b
-            if searching:
-                self.a_opt.step()                                 # line 10: b on the training loss
-                self._stale = True
-            if cfg.grad_clip > 0:
-                nn.utils.clip_grad_norm_(weights, cfg.grad_clip)
-            self.w_opt.step()                                     # line 8: W_S
-            meter.update(loss, logits, y)
-            steps += 1
-            progress.update(meter)
-        if searching and self._stale:
-            self._recover()                                       # z of the epoch's final b
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        train_time = time.perf_counter() - t0
-        tr = meter.compute()
-        out: dict[str, Any] = {
-            "train_loss": tr["loss"], "train_acc": tr["acc"], "lr": lr,
-            "drop_path": float(self.net.supernet.drop_path_prob), "searching": float(searching),
-            "train_time_s": train_time, "step_time_s": train_time / max(1, steps),
-            "peak_mem_mb": peak_memory_mb(self.device),
-        }
-        if searching:
-            dz = (self.space.z - z_start).norm(dim=-1).cpu()      # [T, steps], one host read per epoch
+        self._searching = self.searching
+        self._z_start = self.space.z.detach().clone()
+        self._s_start = self.support_host.clone()
+        self._counts0 = (self.recoveries, self.recovery_time, self.churn_total, self.rejections)
+        self._weights = [p for p in self.net.supernet.parameters() if p.requires_grad]
+        # one backward for W and b: b takes its Adam step (line 10), W its clipped SGD step (line 8)
+        self._optimizers = [self.a_opt, self.optimizer] if self._searching else [self.optimizer]
+        return {"drop_path": float(self.net.supernet.drop_path_prob), "searching": float(self._searching)}
+
+    def step(self, batch: Any) -> list[Update]:
+        if self._searching and self.cfg.recover_every == "step" and self._stale:
+            self._recover()                                       # lines 2-3
+        if self.cfg.record_supports:
+            self.support_log.append(self.support_host)
+        if self._searching:
+            self._stale = True                                    # b changes in this step
+        return [Update(self._loss, self._optimizers, clip=self._weights, max_norm=self.cfg.grad_clip)]
+
+    def finish_epoch(self, epoch: int) -> dict[str, Any]:
+        cfg = self.cfg
+        out: dict[str, Any] = {}
+        if self._searching:
+            if self._stale:
+                self._recover()                                   # z of the epoch's final b
+            rec0, rtime0, churn0, rej0 = self._counts0
+            dz = (self.space.z - self._z_start).norm(dim=-1).cpu()  # [T, steps], one host read per epoch
             out.update(self._stop(epoch, dz))
-            out.update({"support_churn": float(_churn(self.support_host, s_start)),
+            out.update({"support_churn": float(support_churn(self.support_host, self._s_start)),
                         "support_changes": float(self.churn_total - churn0),
                         "recoveries": float(self.recoveries - rec0), "recovery_time_s": self.recovery_time - rtime0,
                         "rejections": float(self.rejections - rej0)})
@@ -628,8 +588,8 @@ class OneStageTask:
         last = epoch + 1 >= self.cfg.epochs or (self.cfg.train_epochs is not None and not self.searching
                                                   and epoch + 1 >= self.switch_epoch + self.cfg.train_epochs)
         if (epoch + 1) % self.cfg.eval_every == 0 or last:
-            with autocast(self.device, self.cfg.bf16):
-                m = evaluate_loader(lambda x: self.net(x), self.net, self.loaders.valid, self.device, self.criterion)
+            m = evaluate(self.net, self.loaders.valid, self.device, self.criterion, bf16=self.cfg.bf16,
+                         channels_last=self.cfg.channels_last)
             out.update({"test_loss": m["loss"], "test_acc": m["acc"]})
         return out
 
@@ -640,7 +600,7 @@ class OneStageTask:
 
     # ---------------------------------------------------------------------------------------------- results
     def genotype(self):
-        """The genotype of the current support (:func:`istanas.ista.twostage.genotype_from_support`)."""
+        """The genotype of the current support (:func:`istanas.ista.compressed.genotype_from_support`)."""
         return genotype_from_support(self.support_host, self.space.z, ISTA_PRIMITIVES, self.cfg.steps)
 
     def stop_report(self) -> dict[str, Any]:
@@ -652,36 +612,5 @@ class OneStageTask:
                 "rejections": int(self.rejections)}
 
 
-# ---------------------------------------------------------------------------------------------------- entry point
-def search(cfg: OneStageConfig, data: Optional[Loaders] = None, report: Optional[Callable[[dict], None]] = None,
-           checkpoint: Optional[Callable[[dict], None]] = None, resume: Optional[dict] = None,
-           progress: bool = True, task_out: Optional[list] = None, dist: Optional[DistHooks] = None,
-           export_dir: Optional[str] = None) -> dict:
-    """Run one-stage ISTA-NAS (search, then training of the fixed architecture) on the engine.
-
-    Mirrors :func:`istanas.ista.twostage.search`: ``data`` loaders (default ``get_loaders(cfg.data, "train",
-    cfg.seed)``), ``report(metrics)`` / ``checkpoint(state)`` after every epoch, ``resume`` such a state (also
-    across the search-to-train switch), ``task_out`` receives the task, ``dist`` the :class:`DistHooks`.
-    ``export_dir``: write the absorbed stand-alone model there (:func:`istanas.ista.absorb.export`; main rank only).
-    Returns the two-stage record (``method``, ``genotype``, ``genotype_json``, ``genotype_digest``, ``history``,
-    ``final``, ``wall_time_s``, ``support``, ``config``, ``device``) plus ``stop_epochs``, ``forced``,
-    ``switch_epoch``, ``search_finished``, ``rejections``, ``params`` (stand-alone network, auxiliary head
-    excluded) and ``export`` (paths, when exported).
-    """
-    cfg.validate()
-    tasks: list = task_out if task_out is not None else []
-    n0 = len(tasks)
-    result = _run_search("onestage", cfg, lambda: OneStageTask(cfg, loaders=data, dist=dist), report, checkpoint,
-                         resume, progress, tasks, epochs=cfg.epochs)
-    task: OneStageTask = tasks[n0]
-    result.update(task.stop_report())
-    result["params"] = task.support_params(task.support_host)
-    if export_dir is not None and task.dist.is_main:
-        from .absorb import export
-
-        result["export"] = export(task, export_dir)
-    return result
-
-
-__all__ = ["OneStageConfig", "OneStageNet", "OneStageTask", "DistHooks", "search", "stop_decision",
-           "candidate_param_table", "preset_dict", "STOP_SCOPES", "LR_SCHEDULES", "UNFREEZE_SCOPES"]
+__all__ = ["OneStageConfig", "OneStageNet", "OneStageTask", "DistHooks", "stop_decision", "candidate_param_table",
+           "STOP_SCOPES", "LR_SCHEDULES", "UNFREEZE_SCOPES"]
