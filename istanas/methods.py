@@ -37,7 +37,8 @@ class Method:
     config key each sets (``None`` values = not given); ``launch_kwargs(cfg)``: extra keywords the launcher passes
     to ``run_search``; ``sweep_params``: the sweep's parameter names -> dotted config keys (empty: not sweepable);
     ``checkpoints``: whether a run writes a per-epoch checkpoint (and so can be resumed); ``describe(cfg)`` /
-    ``summary(cfg, result)``: the launcher's line before a run and lines after it (default: an engine search's).
+    ``summary(cfg, result)``: the launcher's line before a run and lines after it (default: an engine search's);
+    ``title``: the name messages use (default ``name``).
     """
 
     name: str
@@ -55,6 +56,12 @@ class Method:
     checkpoints: bool = True
     describe: Optional[Callable[[Any], str]] = None
     summary: Optional[Callable[[Any, SearchResult], list[str]]] = None
+    title: str = ""
+
+    @property
+    def display_name(self) -> str:
+        """How messages name the method (``title``, default the name)."""
+        return self.title or self.name
 
     def __post_init__(self) -> None:
         if (self.task is None) == (self.run is None):
@@ -142,7 +149,8 @@ METHODS: dict[str, Method] = {
         "tenas", "TE-NAS training-free pruning search (NTK condition number + linear regions), --space nb201 or "
         "darts", TenasJobConfig, ("nb201", "darts"), run=_run_tenas, presets=TENAS_PRESETS,
         flags={"dataset": "data.dataset", "data_root": "data.root", "space": "tenas.space",
-               "table": "tenas.table_path"}, checkpoints=False, describe=_describe_tenas, summary=_summary_tenas),
+               "table": "tenas.table_path"}, checkpoints=False, describe=_describe_tenas, summary=_summary_tenas,
+        title="TE-NAS"),
     "random": Method(
         "random", "random search baseline: cells sampled from --space darts or nb201, one picked without training",
         random_search.RandomSearchConfig, random_search.SPACES, run=random_search.random_search,

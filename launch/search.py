@@ -130,9 +130,10 @@ def _run(args: argparse.Namespace) -> int:
         state = cli.load_resume(out, args.resume)
     else:
         if args.resume:
-            raise ValueError(f"--resume: a {args.method} search has no checkpoint; rerun it (same seed, same result)")
+            raise ValueError(f"--resume: a {method.display_name} search has no checkpoint; rerun it (same seed, same "
+                             f"result)")
         if os.path.exists(os.path.join(out, "result.json")):
-            raise ValueError(f"{out} holds a finished {args.method} search; choose another --out or delete it")
+            raise ValueError(f"{out} holds a finished {method.display_name} search; choose another --out or delete it")
         os.makedirs(out, exist_ok=True)
         state = None
     if state is None:

