@@ -22,6 +22,8 @@ import sys
 import time
 from typing import Any, Callable, Mapping, Optional, TypeVar
 
+import torch
+
 from . import checkpoint as ckpt
 from .config import ConfigError, deep_merge, from_dict, merge_overrides, read_yaml, to_dict
 
@@ -150,8 +152,6 @@ def git_commit(path: str = _REPO_ROOT) -> Optional[str]:
 def _device_info(cfg: Any) -> dict[str, Any]:
     info: dict[str, Any] = {"requested": getattr(cfg, "device", None)}
     try:
-        import torch
-
         info["cuda_available"] = bool(torch.cuda.is_available())
         if torch.cuda.is_available():
             info["cuda_name"] = torch.cuda.get_device_name(0)

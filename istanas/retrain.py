@@ -18,6 +18,8 @@ from typing import Any, ClassVar, Optional
 import torch
 from torch import nn
 
+from spaces.networks import build_network
+from spaces.registry import load_genotype
 from .checkpoint import seed_everything
 from .config import ConfigError, check, preset, preset_data, to_dict
 from .data import DataConfig, Loaders
@@ -150,43 +152,15 @@ def lr_at(cfg: RetrainConfig, epoch: int) -> float:
 
 # ------------------------------------------------------------------------------------------------ genotype/model
 def load_genotype_str(text: str):
-    """``spaces.genotype.load_genotype`` (a registry name, a .json file or JSON text)."""
-    from spaces.registry import load_genotype
-
+    """:func:`spaces.registry.load_genotype` (a registry name, a .json file or JSON text)."""
     return load_genotype(text)
 
 
-_NET_ARG_ALIASES = {  # our name -> names build_network may use for it
-    "num_classes": ("num_classes", "n_classes"),
-    "C": ("C", "init_channels", "channels"),
-    "layers": ("layers", "num_layers", "cells"),
-    "auxiliary": ("auxiliary", "aux"),
-    "dataset": ("dataset",),
-    "image_size": ("image_size", "input_size"),
-    "bn_after_param_free": ("bn_after_param_free",),
-}
-
-
 def build_model(cfg: RetrainConfig, genotype, num_classes: int, image_size: int) -> nn.Module:
-    """The evaluation network of ``genotype`` (``spaces.networks.build_network``), passing the keywords its
-    signature accepts (ImageNet networks are chosen by ``dataset``)."""
-    import inspect
-
-    from spaces.networks import build_network
-
-    values = {"num_classes": num_classes, "C": cfg.C, "layers": cfg.layers, "auxiliary": cfg.auxiliary,
-              "dataset": cfg.data.dataset, "image_size": image_size,
-              "bn_after_param_free": cfg.bn_after_param_free}
-    params = inspect.signature(build_network).parameters
-    var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    kwargs = {}
-    for ours, names in _NET_ARG_ALIASES.items():
-        name = next((n for n in names if n in params), names[0] if var_kw else None)
-        if name is not None:
-            kwargs[name] = values[ours]
-        elif ours == "bn_after_param_free" and cfg.bn_after_param_free:
-            raise ValueError("bn_after_param_free: spaces.networks.build_network does not support it")
-    return build_network(genotype, **kwargs)
+    """The evaluation network of ``genotype`` (:func:`spaces.networks.build_network`; ImageNet networks are chosen
+    by ``cfg.data.dataset``; ``image_size`` is unused: the networks pool globally)."""
+    return build_network(genotype, dataset=cfg.data.dataset, C=cfg.C, layers=cfg.layers, num_classes=num_classes,
+                         auxiliary=cfg.auxiliary, bn_after_param_free=cfg.bn_after_param_free)
 
 
 def _split_output(out: Any) -> tuple[torch.Tensor, Optional[torch.Tensor]]:

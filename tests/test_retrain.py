@@ -17,6 +17,7 @@ from istanas.checkpoint import load
 from istanas.config import ConfigError, from_dict, read_yaml
 from istanas.engine import Progress, train_epoch
 from istanas.retrain import RetrainConfig, RetrainTask, lr_at, preset_dict, retrain
+from istanas.search import check_runtime
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "launch"))
@@ -166,7 +167,7 @@ def test_bad_retrain_configs_are_rejected():
         cfg = copy.deepcopy(base)
         cfg.device = "cuda"
         with pytest.raises(ConfigError, match="cuda"):
-            cfg.validate()
+            check_runtime(cfg)                              # the machine probe (validate() checks the schema)
 
 
 def test_cli_rejects_bad_values_before_training(tmp_path, capsys):
