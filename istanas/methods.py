@@ -16,6 +16,7 @@ from typing import Any, Callable, Mapping, Optional
 from . import random_search
 from .config import ConfigError, did_you_mean, to_dict
 from .darts import DartsConfig, DartsTask
+from .engine import OnEpochEnd
 from .ista.absorb import export
 from .ista.onestage import OneStageConfig, OneStageTask
 from .ista.twostage import TwoStageConfig, TwoStageTask
@@ -93,7 +94,7 @@ def _onestage_finish(task: OneStageTask, result: SearchResult, dist: Any = None,
         result.extra["export"] = export(task, export_dir)
 
 
-def _run_tenas(cfg: TenasJobConfig, *, data: Any = None, on_epoch_end: Optional[Callable[[dict, dict], None]] = None,
+def _run_tenas(cfg: TenasJobConfig, *, data: Any = None, on_epoch_end: Optional[OnEpochEnd] = None,
                resume: Optional[dict] = None, progress: bool = True) -> SearchResult:
     """TE-NAS (:func:`istanas.tenas.job.run_job`): no training, one ``on_epoch_end`` call per pruning round;
     the record is TE-NAS's own (arch, rounds, setup time, table look-ups)."""

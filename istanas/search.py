@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 
@@ -21,9 +21,8 @@ from . import engine
 from .checkpoint import seed_everything
 from .config import ConfigError, to_dict
 from .methods import Method, get_method
+from .engine import OnEpochEnd
 from .result import SearchResult, plot_cells, write_outputs
-
-OnEpochEnd = Callable[[dict, dict], None]
 
 
 # ------------------------------------------------------------------------------------------------- machine probes
