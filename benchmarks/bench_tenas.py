@@ -37,9 +37,11 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from istanas.data import DataConfig, image_batch  # noqa: E402
 from istanas.tenas.indicators import gram_condition, init_weights, ntk_jacobian, ntk_jacobian_loop  # noqa: E402
-from istanas.tenas.search import (TenasConfig, _Measurer, build_proxies, correlation_study,  # noqa: E402
-                                  digits_images, prepare_images, sample_ntk_batch, select_prunes, tenas_search)
+from istanas.tenas.job import TenasConfig, correlation_study, tenas_search  # noqa: E402
+from istanas.tenas.proxies import build_proxies  # noqa: E402
+from istanas.tenas.pruning import Measurer, prepare_images, sample_ntk_batch, select_prunes  # noqa: E402
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
@@ -111,7 +113,7 @@ def coupling_agreement(images: torch.Tensor, device: torch.device, seed: int) ->
     out: dict = {}
     for coupling in ("batch", "frozen"):
         cfg = TenasConfig(space="nb201", device=str(device), repeats=1, seed=seed, bn_coupling=coupling).resolved()
-        meas = _Measurer(cfg, images)
+        meas = Measurer(cfg, images)
         mask = np.ones((1, meas.ntk_net.num_edges, len(meas.ntk_net.ops)), dtype=bool)
         cands = [(0, e, o) for e in range(mask.shape[1]) for o in range(mask.shape[2])]
         children = []
@@ -163,7 +165,7 @@ def main(argv: list[str] | None = None) -> dict:
         images, source = to_tensor(u8), f"CIFAR-10 train JPEGs ({len(u8)} random)"
     else:
         u8 = None
-        images, source = digits_images(32), "scikit-learn digits (fallback)"
+        images, source = image_batch(DataConfig(image_size=32), 512), "scikit-learn digits (fallback)"
     if args.save_images_npy and u8 is not None:
         np.save(args.save_images_npy, u8, allow_pickle=False)
     table = args.table or os.path.join(args.data_dir, "zc_nasbench201.json")

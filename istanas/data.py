@@ -37,13 +37,12 @@ import shutil
 import tempfile
 import threading
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace as dc_replace
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from .config import ConfigError, check
 
@@ -149,11 +148,6 @@ class DataConfig:
 def default_label_smoothing(dataset: str) -> float:
     """The label smoothing the papers use: 0.1 on ImageNet, none elsewhere."""
     return 0.1 if dataset == "imagenet" else 0.0
-
-
-def default_loss(dataset: str) -> nn.Module:
-    """Cross-entropy with :func:`default_label_smoothing`."""
-    return nn.CrossEntropyLoss(label_smoothing=default_label_smoothing(dataset))
 
 
 # --------------------------------------------------------------------------------------------------------- places
@@ -892,7 +886,17 @@ def get_loaders(cfg: DataConfig, split: str = "train", seed: int = 0, *, rank: i
     return Loaders(tr, va, n_classes, C, size, cfg.dataset, tuple(arr.classes), len(arr.y_train), len(arr.y_test))
 
 
-def describe(loaders: Loaders) -> str:
-    """One line: dataset, sizes, classes, image shape."""
-    return (f"{loaders.name}: {loaders.train_size} train / {loaders.valid_size} valid images, "
-            f"{loaders.num_classes} classes, {loaders.in_channels}x{loaders.image_size}x{loaders.image_size}")
+def image_batch(cfg: DataConfig, num: int, seed: int = 0) -> torch.Tensor:
+    """``num`` normalised, un-augmented training images ``[num, C, H, W]`` (float32, CPU) of ``cfg``: the first
+    batch of the training loader over ``max(num, 2)`` images (for label-free uses such as TE-NAS).  The order is
+    seeded by ``seed`` alone (epoch 0 of the loader), not by the global torch RNG."""
+    data = dc_replace(cfg, limit_train=cfg.limit_train or max(num, 2), batch_size=max(num, 2), augment=False)
+    loaders = get_loaders(data, "train", seed=seed)
+    loaders.train.set_epoch(0)
+    xs, n = [], 0
+    for x, _ in loaders.train:
+        xs.append(x.float().cpu())
+        n += x.shape[0]
+        if n >= num:
+            break
+    return torch.cat(xs)[:num]

@@ -42,8 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spaces.networks import AuxiliaryHead
-from spaces.ops import (DARTS_PRIMITIVES, PARAM_FREE_OPS, FactorizedReduce, Identity, ReLUConvBN, build_op)
+from spaces.networks import AuxiliaryHead, cell_preprocess, conv_stem, imagenet_stems
+from spaces.ops import DARTS_PRIMITIVES, PARAM_FREE_OPS, Identity, build_op
 
 __all__ = ["ISTA_PRIMITIVES", "CELL_TYPES", "STEMS", "AuxiliaryHead", "SupportPlan", "CandidateOp", "SuperNetBase",
            "SparseSuperNet", "DenseSuperNet", "edge_offsets", "support_to_edge_weights"]
@@ -136,10 +136,8 @@ class SearchCell(nn.Module):
         super().__init__()
         self.reduction = reduction
         self.steps, self.multiplier = steps, multiplier
-        aff = onestage  # one-stage: trainable pre-processing BNs (the reference); search: affine=False
-        self.preprocess0 = FactorizedReduce(C_pp, C, affine=aff) if reduction_prev \
-            else ReLUConvBN(C_pp, C, 1, 1, 0, affine=aff)
-        self.preprocess1 = ReLUConvBN(C_p, C, 1, 1, 0, affine=aff)
+        # one-stage: trainable pre-processing BNs (the reference); search: affine=False
+        self.preprocess0, self.preprocess1 = cell_preprocess(C_pp, C_p, C, reduction_prev, affine=onestage)
         edges = []
         for i in range(steps):
             for src in range(2 + i):
@@ -243,17 +241,11 @@ class SuperNetBase(nn.Module):
             if C < 2 or C % 2:
                 raise ValueError(f"C: the ImageNet stem needs an even C >= 2, got {C}")
             # NetworkImageNet's layout: stem0 (s2, s2) -> s0 at input / 4, stem1 (s2) -> s1 at input / 8
-            self.stem0 = nn.Sequential(
-                nn.Conv2d(in_channels, C // 2, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(C // 2),
-                nn.ReLU(inplace=True),
-                nn.Conv2d(C // 2, C, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(C))
-            self.stem1 = nn.Sequential(nn.ReLU(inplace=True), nn.Conv2d(C, C, 3, stride=2, padding=1, bias=False),
-                                       nn.BatchNorm2d(C))
+            self.stem0, self.stem1 = imagenet_stems(in_channels, C)
             C_pp, C_p, C_curr, reduction_prev = C, C, C, True
         else:
             C_curr = stem_multiplier * C
-            self.stem = nn.Sequential(nn.Conv2d(in_channels, C_curr, 3, padding=1, bias=False),
-                                      nn.BatchNorm2d(C_curr))
+            self.stem = conv_stem(in_channels, C_curr)
             C_pp, C_p, C_curr, reduction_prev = C_curr, C_curr, C, False
         self.reduction_layers = (layers // 3, 2 * layers // 3)
         self.aux_layer = 2 * layers // 3

@@ -8,7 +8,8 @@ architecture never keeps the zero op).
 
 NAS-Bench-201 cell (:class:`NB201Genotype`): 4 nodes; node j (1..3) sums one op applied to every earlier node
 0..j-1; 'none' is allowed.  Its text form is NAS-Bench-201's arch string
-``|op~0|+|op~0|op~1|+|op~0|op~1|op~2|``.
+``|op~0|+|op~0|op~1|+|op~0|op~1|op~2|`` (parsed and written by :mod:`spaces.nb201`).  Names of published
+genotypes and ``load_genotype`` (name, file, JSON or arch string) live in :mod:`spaces.registry`.
 
 JSON forms (canonical: sorted keys, no spaces; :meth:`digest` hashes exactly that text)::
 
@@ -23,18 +24,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping, Sequence, Union
 
+from spaces.nb201 import NB201_NODES, make_arch_str, parse_arch_nodes
 from spaces.ops import DARTS_PRIMITIVES, NB201_PRIMITIVES
 
 #: Ops a derived DARTS genotype may use (DARTS_PRIMITIVES without 'none').
 DARTS_GENOTYPE_OPS: tuple[str, ...] = tuple(o for o in DARTS_PRIMITIVES if o != "none")
 #: Ops a NAS-Bench-201 genotype may use (all of them, 'none' included).
 NB201_GENOTYPE_OPS: tuple[str, ...] = tuple(NB201_PRIMITIVES)
-#: Intermediate nodes of a NAS-Bench-201 cell (nodes 1..3; node 0 is the cell input).
-NB201_NODES = 3
 SPACES: tuple[str, ...] = ("darts", "nb201")
 
 Pair = tuple[str, int]
@@ -129,8 +128,33 @@ def _parse_json(text: str, what: str = "genotype JSON") -> Any:
         raise ValueError(f"{what}: invalid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
 
 
+class _JsonForm:
+    """The JSON form shared by both genotype classes (each gives ``to_dict`` / ``from_dict``)."""
+
+    def to_dict(self) -> dict:
+        raise NotImplementedError
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Any:
+        raise NotImplementedError
+
+    def to_json(self, indent: int | None = None) -> str:
+        """Canonical JSON (sorted keys, compact) or, with ``indent``, a readable form of the same object."""
+        if indent is None:
+            return _canonical_json(self.to_dict())
+        return json.dumps(self.to_dict(), sort_keys=True, indent=indent)
+
+    @classmethod
+    def from_json(cls, text: str) -> Any:
+        return cls.from_dict(_parse_json(text))
+
+    def digest(self) -> str:
+        """First 12 hex characters of the sha256 of the canonical JSON."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:12]
+
+
 @dataclass(frozen=True)
-class Genotype:
+class Genotype(_JsonForm):
     """A DARTS-space architecture: per cell type, 2 (op, input) pairs per intermediate node, node-major.
 
     Lists are accepted and stored as tuples; the constructor validates (``ValueError`` naming the field).
@@ -166,12 +190,6 @@ class Genotype:
                 "normal": [[op, i] for op, i in self.normal], "normal_concat": list(self.normal_concat),
                 "reduce": [[op, i] for op, i in self.reduce], "reduce_concat": list(self.reduce_concat)}
 
-    def to_json(self, indent: int | None = None) -> str:
-        """Canonical JSON (sorted keys, compact) or, with ``indent``, a readable form of the same object."""
-        if indent is None:
-            return _canonical_json(self.to_dict())
-        return json.dumps(self.to_dict(), sort_keys=True, indent=indent)
-
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Genotype":
         d = _as_mapping(d)
@@ -179,14 +197,6 @@ class Genotype:
         _check_space(d, cls.space)
         return cls(normal=d["normal"], normal_concat=d["normal_concat"], reduce=d["reduce"],
                    reduce_concat=d["reduce_concat"])
-
-    @classmethod
-    def from_json(cls, text: str) -> "Genotype":
-        return cls.from_dict(_parse_json(text))
-
-    def digest(self) -> str:
-        """First 12 hex characters of the sha256 of the canonical JSON."""
-        return hashlib.sha256(self.to_json().encode()).hexdigest()[:12]
 
     def __str__(self) -> str:
         lines = ["Genotype (darts)"]
@@ -233,39 +243,8 @@ def _check_nb201_nodes(value: Any, field: str = "nodes") -> tuple[tuple[Pair, ..
     return tuple(out)
 
 
-def _parse_arch_str(s: Any) -> list[list[Pair]]:
-    if not isinstance(s, str):
-        raise ValueError(f"arch: expected a NAS-Bench-201 arch string, got {_type_name(s)}")
-    s = s.strip()
-    parts = s.split("+")
-    if len(parts) != NB201_NODES:
-        raise ValueError(f"arch: {len(parts)} nodes separated by '+'; expected {NB201_NODES} "
-                         f"('|op~0|+|op~0|op~1|+|op~0|op~1|op~2|'), got {s!r}")
-    nodes = []
-    for j, part in enumerate(parts, start=1):
-        if len(part) < 2 or not (part.startswith("|") and part.endswith("|")):
-            raise ValueError(f"arch: node {j} {part!r} must be written '|op~i|...|'")
-        entries = part[1:-1].split("|")
-        if len(entries) != j:
-            raise ValueError(f"arch: node {j} {part!r} has {len(entries)} entries; expected {j} "
-                             f"(one per earlier node)")
-        pairs = []
-        for i, entry in enumerate(entries):
-            op, sep, idx = entry.partition("~")
-            if not sep or not idx.isdigit():
-                raise ValueError(f"arch: node {j} entry {entry!r} is not 'op~index'")
-            if op not in NB201_GENOTYPE_OPS:
-                raise ValueError(f"arch: node {j} entry {entry!r}: unknown op {op!r}; "
-                                 f"known: {list(NB201_GENOTYPE_OPS)}")
-            if int(idx) != i:
-                raise ValueError(f"arch: node {j} entry {entry!r}: input index {int(idx)}, expected {i}")
-            pairs.append((op, i))
-        nodes.append(pairs)
-    return nodes
-
-
 @dataclass(frozen=True)
-class NB201Genotype:
+class NB201Genotype(_JsonForm):
     """A NAS-Bench-201 cell: ``nodes[j-1][i] = (op, i)`` is the op on edge i -> j (j = 1..3, i < j)."""
 
     nodes: tuple[tuple[Pair, ...], ...]
@@ -281,18 +260,13 @@ class NB201Genotype:
 
     @classmethod
     def from_arch_str(cls, s: str) -> "NB201Genotype":
-        return cls(nodes=_parse_arch_str(s))
+        return cls(nodes=parse_arch_nodes(s))
 
     def to_arch_str(self) -> str:
-        return "+".join("|" + "|".join(f"{op}~{i}" for op, i in node) + "|" for node in self.nodes)
+        return make_arch_str([op for _, _, op in self.edges])
 
     def to_dict(self) -> dict:
         return {"space": self.space, "arch": self.to_arch_str()}
-
-    def to_json(self, indent: int | None = None) -> str:
-        if indent is None:
-            return _canonical_json(self.to_dict())
-        return json.dumps(self.to_dict(), sort_keys=True, indent=indent)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "NB201Genotype":
@@ -300,14 +274,6 @@ class NB201Genotype:
         _check_keys(d, ("arch",))
         _check_space(d, cls.space)
         return cls.from_arch_str(d["arch"])
-
-    @classmethod
-    def from_json(cls, text: str) -> "NB201Genotype":
-        return cls.from_dict(_parse_json(text))
-
-    def digest(self) -> str:
-        """First 12 hex characters of the sha256 of the canonical JSON."""
-        return hashlib.sha256(self.to_json().encode()).hexdigest()[:12]
 
     def __str__(self) -> str:
         lines = [f"NB201Genotype {self.to_arch_str()}"]
@@ -330,42 +296,10 @@ def genotype_from_dict(d: Any) -> AnyGenotype:
     raise ValueError(f"space: unknown space {space!r}; known: {list(SPACES)}")
 
 
-def load_genotype(name_or_path_or_json: Union[str, os.PathLike, Mapping[str, Any], AnyGenotype]) -> AnyGenotype:
-    """A genotype from a registry name (``spaces.registry``), a ``.json`` file, JSON text or an NB201 arch string.
-
-    A ``Genotype`` / ``NB201Genotype`` is returned as is and a mapping is read as the JSON object.  Text that
-    is none of these raises ``ValueError`` (field ``genotype``).
-    """
-    g = name_or_path_or_json
-    if isinstance(g, (Genotype, NB201Genotype)):
-        return g
-    if isinstance(g, Mapping):
-        return genotype_from_dict(g)
-    if isinstance(g, os.PathLike):
-        g = os.fspath(g)
-    if not isinstance(g, str):
-        raise ValueError(f"genotype: expected a name, a path, JSON text or a genotype, got {_type_name(g)}")
-    text = g.strip()
-    if text.startswith(("{", "[")):
-        return genotype_from_dict(_parse_json(text))
-    if text.startswith("|"):
-        return NB201Genotype.from_arch_str(text)
-    from spaces.registry import _lookup, list_genotypes  # lazy: the registry imports this module
-
-    found = _lookup(text)
-    if found is not None:
-        return found
-    if os.path.isfile(text):
-        try:
-            with open(text, encoding="utf-8") as f:
-                content = f.read()
-        except (OSError, UnicodeDecodeError) as e:
-            raise ValueError(f"genotype: cannot read {text!r}: {e}") from None
-        return genotype_from_dict(_parse_json(content, what=f"genotype file {text!r}"))
-    shown = text if len(text) <= 80 else text[:77] + "..."
-    raise ValueError(f"genotype: {shown!r} is neither a registered name ({', '.join(list_genotypes())}), "
-                     f"an existing JSON file, JSON text nor a NAS-Bench-201 arch string")
+def genotype_from_json(text: str, what: str = "genotype JSON") -> AnyGenotype:
+    """Parse JSON text (``what`` names it in errors) and dispatch as :func:`genotype_from_dict`."""
+    return genotype_from_dict(_parse_json(text, what=what))
 
 
-__all__ = ["Genotype", "NB201Genotype", "AnyGenotype", "load_genotype", "genotype_from_dict",
+__all__ = ["Genotype", "NB201Genotype", "AnyGenotype", "genotype_from_dict", "genotype_from_json",
            "DARTS_GENOTYPE_OPS", "NB201_GENOTYPE_OPS", "SPACES"]

@@ -26,14 +26,15 @@ coefficients into exactly these BNs).
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from torch import nn
 
-from spaces.genotype import Genotype, NB201Genotype, load_genotype
+from spaces.genotype import Genotype, NB201Genotype
 from spaces.ops import (DARTS_OPS, NB201_OPS, PARAM_FREE_OPS, FactorizedReduce, Identity, ReLUConvBN,
                         ResNetBasicBlock)
+from spaces.registry import load_genotype
 
 #: Default number of classes per dataset name (any other name needs ``num_classes``).
 DATASET_CLASSES: dict[str, int] = {"cifar10": 10, "cifar100": 100, "imagenet": 1000, "digits": 10, "mnist": 10,
@@ -71,10 +72,51 @@ def output_bn(module: nn.Module) -> Optional[nn.BatchNorm2d]:
     return m
 
 
+# ----------------------------------------------------------------------------------------- stems (shared)
+def conv_stem(in_channels: int, C: int) -> nn.Sequential:
+    """conv3x3 (in_channels -> C, stride 1) + BN: ``[N, in, H, W] -> [N, C, H, W]`` (NetworkCIFAR with C = 3 x
+    width, NB201Network, the search super-nets and the TE-NAS proxies)."""
+    return nn.Sequential(nn.Conv2d(in_channels, C, 3, padding=1, bias=False), nn.BatchNorm2d(C))
+
+
+def imagenet_stems(in_channels: int, C: int) -> tuple[nn.Sequential, nn.Sequential]:
+    """NetworkImageNet's ``(stem0, stem1)``: stem0 = conv3x3 s2 (-> C/2), BN, ReLU, conv3x3 s2 (-> C), BN
+    (input / 4); stem1 = ReLU, conv3x3 s2, BN (input / 8).  Built in this order (stem0's weights first)."""
+    stem0 = nn.Sequential(
+        nn.Conv2d(in_channels, C // 2, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(C // 2),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(C // 2, C, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(C))
+    stem1 = nn.Sequential(nn.ReLU(inplace=True), nn.Conv2d(C, C, 3, stride=2, padding=1, bias=False),
+                          nn.BatchNorm2d(C))
+    return stem0, stem1
+
+
+def cell_preprocess(C_pp: int, C_p: int, C: int, reduction_prev: bool,
+                    affine: bool = True) -> tuple[nn.Module, nn.Module]:
+    """A DARTS cell's input blocks ``(preprocess0, preprocess1)``: s0 ``[N, C_pp, ...]`` -> C channels through a
+    FactorizedReduce (after a reduction cell, halving H, W) or a 1x1 ReLUConvBN; s1 ``[N, C_p, ...]`` -> C through a
+    1x1 ReLUConvBN.  Built in this order."""
+    pre0 = FactorizedReduce(C_pp, C, affine=affine) if reduction_prev else ReLUConvBN(C_pp, C, 1, 1, 0, affine)
+    return pre0, ReLUConvBN(C_p, C, 1, 1, 0, affine)
+
+
+def nb201_stages(C: int, N: int, make_cell: Callable[[int], nn.Module], stages: int = 3) -> tuple[list[nn.Module], int]:
+    """NAS-Bench-201's body: ``stages`` stages of ``N`` cells ``make_cell(C_stage)`` (channels C, 2C, 4C) joined
+    by stride-2 ResNetBasicBlocks, built in forward order.  Returns (blocks, channels of the last stage)."""
+    blocks: list[nn.Module] = []
+    C_curr = C
+    for stage in range(stages):
+        if stage > 0:
+            blocks.append(ResNetBasicBlock(C_curr, 2 * C_curr, stride=2))
+            C_curr *= 2
+        blocks.extend(make_cell(C_curr) for _ in range(N))
+    return blocks, C_curr
+
+
 def _darts_op(name: str, C: int, stride: int, bn_after_param_free: bool) -> nn.Module:
     op = DARTS_OPS[name](C, stride, True)
     if bn_after_param_free and name in PARAM_FREE_OPS and not isinstance(op, FactorizedReduce):
-        # ISTA-NAS one-stage: pools and the stride-1 skip (Identity) get an affine BN (istanas.md Sec. 1, 5);
+        # ISTA-NAS one-stage: pools and the stride-1 skip (Identity) get an affine BN (ISTA-NAS Sec. 3.3);
         # the stride-2 skip is a FactorizedReduce, which already ends with BN.
         op = nn.Sequential(op, nn.BatchNorm2d(C, affine=True))
     return op
@@ -91,8 +133,7 @@ class Cell(nn.Module):
                  reduction: bool, reduction_prev: bool, bn_after_param_free: bool = False):
         super().__init__()
         self.reduction = reduction
-        self.preprocess0 = FactorizedReduce(C_pp, C) if reduction_prev else ReLUConvBN(C_pp, C, 1, 1, 0)
-        self.preprocess1 = ReLUConvBN(C_p, C, 1, 1, 0)
+        self.preprocess0, self.preprocess1 = cell_preprocess(C_pp, C_p, C, reduction_prev)
         self.op_names: tuple[str, ...] = tuple(op for op, _ in pairs)
         self.indices: tuple[int, ...] = tuple(int(i) for _, i in pairs)
         self.concat: tuple[int, ...] = tuple(concat)
@@ -197,8 +238,7 @@ class NetworkCIFAR(_DartsNetwork):
         self.genotype = genotype
         self.drop_path_prob = drop_path_prob
         C_stem = 3 * C
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, C_stem, 3, padding=1, bias=False),
-                                  nn.BatchNorm2d(C_stem))
+        self.stem = conv_stem(in_channels, C_stem)
         C_last = self._make_cells(genotype, C, C_stem, C_stem, layers, False, bn_after_param_free)
         self.auxiliary_head = AuxiliaryHead(self.aux_channels, num_classes, (5, 3)) if auxiliary else None
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
@@ -224,12 +264,7 @@ class NetworkImageNet(_DartsNetwork):
         super().__init__()
         self.genotype = genotype
         self.drop_path_prob = drop_path_prob
-        self.stem0 = nn.Sequential(
-            nn.Conv2d(in_channels, C // 2, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(C // 2),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(C // 2, C, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(C))
-        self.stem1 = nn.Sequential(nn.ReLU(inplace=True), nn.Conv2d(C, C, 3, stride=2, padding=1, bias=False),
-                                   nn.BatchNorm2d(C))
+        self.stem0, self.stem1 = imagenet_stems(in_channels, C)
         C_last = self._make_cells(genotype, C, C, C, layers, True, bn_after_param_free)
         self.auxiliary_head = (AuxiliaryHead(self.aux_channels, num_classes, (5, 2), second_bn=False)
                                if auxiliary else None)
@@ -276,14 +311,8 @@ class NB201Network(nn.Module):
                  in_channels: int = 3):
         super().__init__()
         self.genotype = genotype
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, C, 3, padding=1, bias=False), nn.BatchNorm2d(C))
-        blocks: list[nn.Module] = []
-        C_curr = C
-        for stage in range(3):
-            if stage > 0:
-                blocks.append(ResNetBasicBlock(C_curr, 2 * C_curr, stride=2))
-                C_curr *= 2
-            blocks.extend(NB201Cell(genotype, C_curr) for _ in range(N))
+        self.stem = conv_stem(in_channels, C)
+        blocks, C_curr = nb201_stages(C, N, lambda c: NB201Cell(genotype, c))
         self.cells = nn.ModuleList(blocks)
         self.lastact = nn.Sequential(nn.BatchNorm2d(C_curr), nn.ReLU(inplace=True))
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
@@ -356,4 +385,5 @@ def build_network(genotype: Any, dataset: str = "cifar10", C: Optional[int] = No
 
 
 __all__ = ["build_network", "NetworkCIFAR", "NetworkImageNet", "NB201Network", "Cell", "NB201Cell",
-           "AuxiliaryHead", "drop_path", "output_bn", "is_imagenet", "DATASET_CLASSES"]
+           "AuxiliaryHead", "conv_stem", "imagenet_stems", "cell_preprocess", "nb201_stages", "drop_path", "output_bn",
+           "is_imagenet", "DATASET_CLASSES"]

@@ -11,7 +11,8 @@ import os
 import tempfile
 from typing import Any, Union
 
-from spaces.genotype import Genotype, NB201Genotype, load_genotype
+from spaces.genotype import Genotype, NB201Genotype
+from spaces.registry import load_genotype
 
 FORMATS = {".png": "png", ".svg": "svg"}
 
@@ -132,7 +133,7 @@ def _draw(g: Union[Genotype, NB201Genotype], cell: str):
 
 def plot_cell(genotype: Any, cell: str = "normal", path: str = "cell.png") -> str:
     """Draw ``cell`` ("normal" or "reduce"; ignored for NAS-Bench-201) of ``genotype`` (anything
-    :func:`spaces.genotype.load_genotype` reads) to ``path`` (.png or .svg); returns ``path``."""
+    :func:`spaces.registry.load_genotype` reads) to ``path`` (.png or .svg); returns ``path``."""
     g = load_genotype(genotype)
     if cell not in ("normal", "reduce"):
         raise ValueError(f"cell: expected 'normal' or 'reduce', got {cell!r}")

@@ -1,6 +1,7 @@
-"""Published genotypes, kept as data (JSON-able dicts), and a small name -> genotype registry.
+"""Published genotypes, kept as data (JSON-able dicts), a small name -> genotype registry, and
+:func:`load_genotype` (a name, a ``.json`` file, JSON text or an NB201 arch string -> a genotype).
 
-Sources (transcribed, see /work/shared/reference/genotypes.md and istanas.md Sec. 5):
+Sources (transcribed from the papers and their released code):
 
 * ``DARTS_V1`` / ``DARTS_V2``: DARTS first / second order (Liu et al., ICLR 2019); ``DARTS`` is ``DARTS_V2``.
 * ``PC_DARTS``: PC-DARTS searched on CIFAR-10 (Xu et al., ICLR 2020).
@@ -14,9 +15,10 @@ Published sizes (parameters without the auxiliary head): DARTS_V2 3.3 M (CIFAR-1
 """
 from __future__ import annotations
 
+import os
 from typing import Any, Mapping, Optional, Union
 
-from spaces.genotype import AnyGenotype, Genotype, NB201Genotype, genotype_from_dict
+from spaces.genotype import AnyGenotype, Genotype, NB201Genotype, genotype_from_dict, genotype_from_json
 
 _C = [2, 3, 4, 5]
 
@@ -88,13 +90,11 @@ def get_genotype(name: str) -> AnyGenotype:
 
 def register_genotype(name: str, genotype: Union[AnyGenotype, Mapping[str, Any], str],
                       overwrite: bool = False) -> AnyGenotype:
-    """Register ``genotype`` (anything :func:`spaces.genotype.load_genotype` reads) under ``name``.
+    """Register ``genotype`` (anything :func:`load_genotype` reads) under ``name``.
 
     Re-registering an existing name (or alias) raises ``ValueError`` unless ``overwrite``; an equal genotype
     under the same name is accepted silently.  Returns the stored genotype.
     """
-    from spaces.genotype import load_genotype
-
     if not isinstance(name, str) or not name.strip() or name != name.strip():
         raise ValueError(f"name: expected a non-empty name without surrounding spaces, got {name!r}")
     if name.startswith(("{", "|")):
@@ -108,5 +108,40 @@ def register_genotype(name: str, genotype: Union[AnyGenotype, Mapping[str, Any],
     return g
 
 
-__all__ = ["PUBLISHED", "ALIASES", "list_genotypes", "get_genotype", "register_genotype", "Genotype",
-           "NB201Genotype"]
+def load_genotype(name_or_path_or_json: Union[str, os.PathLike, Mapping[str, Any], AnyGenotype]) -> AnyGenotype:
+    """A genotype from a registered name, a ``.json`` file, JSON text or an NB201 arch string.
+
+    A ``Genotype`` / ``NB201Genotype`` is returned as is and a mapping is read as the JSON object.  Text that
+    is none of these raises ``ValueError`` (field ``genotype``).
+    """
+    g = name_or_path_or_json
+    if isinstance(g, (Genotype, NB201Genotype)):
+        return g
+    if isinstance(g, Mapping):
+        return genotype_from_dict(g)
+    if isinstance(g, os.PathLike):
+        g = os.fspath(g)
+    if not isinstance(g, str):
+        raise ValueError(f"genotype: expected a name, a path, JSON text or a genotype, got {type(g).__name__}")
+    text = g.strip()
+    if text.startswith(("{", "[")):
+        return genotype_from_json(text)
+    if text.startswith("|"):
+        return NB201Genotype.from_arch_str(text)
+    found = _lookup(text)
+    if found is not None:
+        return found
+    if os.path.isfile(text):
+        try:
+            with open(text, encoding="utf-8") as f:
+                content = f.read()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ValueError(f"genotype: cannot read {text!r}: {e}") from None
+        return genotype_from_json(content, what=f"genotype file {text!r}")
+    shown = text if len(text) <= 80 else text[:77] + "..."
+    raise ValueError(f"genotype: {shown!r} is neither a registered name ({', '.join(list_genotypes())}), "
+                     f"an existing JSON file, JSON text nor a NAS-Bench-201 arch string")
+
+
+__all__ = ["PUBLISHED", "ALIASES", "list_genotypes", "get_genotype", "register_genotype", "load_genotype",
+           "Genotype", "NB201Genotype"]

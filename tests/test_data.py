@@ -11,7 +11,7 @@ import torch
 
 from istanas.config import ConfigError, load_config
 from istanas.data import (Augment, DataConfig, ImageSource, TensorLoader, augment_batch, cutout_batch, get_loaders,
-                          load_arrays, search_split, shared_data_dir)
+                          image_batch, load_arrays, search_split, shared_data_dir)
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
@@ -51,6 +51,22 @@ def test_digits_images_are_the_real_digits_upscaled():
     ref = np.round(load_digits().images * 255 / 16).astype(np.uint8)
     ref_set = {r.tobytes() for r in ref}
     assert all(img[0].tobytes() in ref_set for img in a.x_test[:50])
+
+
+def test_image_batch_is_seeded_by_its_seed_alone():
+    """TE-NAS's label-free images: the same ``seed`` gives the same batch whatever the global torch RNG state,
+    and the batch is ``num`` of the normalised training images (checked against the raw arrays)."""
+    cfg = DataConfig(image_size=8)
+    torch.manual_seed(1)
+    a = image_batch(cfg, 40, seed=3)
+    torch.manual_seed(2)
+    b = image_batch(cfg, 40, seed=3)
+    assert torch.equal(a, b) and a.shape == (40, 3, 8, 8) and a.dtype == torch.float32
+    assert not torch.equal(a, image_batch(cfg, 40, seed=4))
+    L = get_loaders(DataConfig(image_size=8, limit_train=40), "train", seed=0)  # the same images' statistics
+    raw = (a * L.train.std.cpu() + L.train.mean.cpu()).mul(255).round().to(torch.uint8).numpy()
+    pool = {img.tobytes() for img in load_arrays(cfg).x_train}
+    assert all(r.tobytes() in pool for r in raw)
 
 
 def test_eval_loader_is_deterministic_and_complete():

@@ -9,8 +9,8 @@ import re
 
 import pytest
 
-from spaces.genotype import Genotype, NB201Genotype, load_genotype
-from spaces.registry import PUBLISHED, get_genotype, list_genotypes, register_genotype
+from spaces.genotype import Genotype, NB201Genotype
+from spaces.registry import PUBLISHED, get_genotype, list_genotypes, load_genotype, register_genotype
 
 # The DARTS_V2 genotype written out by hand (from the DARTS paper's released genotypes.py, as transcribed in
 # the reference notes), independent of spaces.registry.

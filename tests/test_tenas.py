@@ -8,11 +8,13 @@ import pytest
 import torch
 from torch import nn
 
+from istanas.data import DataConfig, image_batch
 from istanas.tenas.indicators import (count_distinct_rows, init_weights, linear_regions, ntk_condition_number,
-                           ntk_jacobian, ntk_jacobian_loop, ntk_kappa)
-from istanas.tenas.search import (DARTS_EDGES, DARTS_GROUPS, NB201_SEARCH_OPS, TenasConfig, arch_str_to_table_key,
-                                  correlation_study, dense_rank, digits_images, genotype_to_mask, parse_arch_str,
-                                  round_sig, score_genotype, select_prunes, table_key_to_arch_str, tenas_search)
+                                      ntk_jacobian, ntk_jacobian_loop, ntk_kappa)
+from istanas.tenas.job import TenasConfig, correlation_study, score_genotype, tenas_search
+from istanas.tenas.proxies import DARTS_EDGES, DARTS_GROUPS, NB201_SEARCH_OPS
+from istanas.tenas.pruning import dense_rank, genotype_to_mask, round_sig, select_prunes
+from spaces.nb201 import arch_str_to_table_key, parse_arch_str, table_key_to_arch_str
 
 
 
@@ -285,7 +287,7 @@ def _tiny_cfg(**kw) -> TenasConfig:
 
 @pytest.fixture(scope="module")
 def small_images() -> torch.Tensor:
-    return digits_images(size=8, n=64)
+    return image_batch(DataConfig(image_size=8), 64)
 
 
 @pytest.mark.parametrize("coupling", ["batch", "frozen"])

@@ -1,63 +1,22 @@
-"""TE-NAS training-free indicators: NTK condition number and number of linear regions.
+"""TE-NAS training-free indicators at initialisation: NTK condition number, linear regions, combined score.
 
-Chen, Gong & Wang, "Neural Architecture Search on ImageNet in Four GPU Hours: A Theoretically Inspired
-Perspective", ICLR 2021 (TE-NAS).  Both indicators are label-free and are computed at initialisation.
+Chen, Gong & Wang, ICLR 2021 (TE-NAS).  Both indicators are label-free.
 
-* **NTK condition number** (paper Sec. 3.1, Eq. 2-4).  For a batch ``x_1..x_B`` let
-  ``g_i = d f~(x_i) / d theta`` with ``f~(x) = sum_c f_c(x)`` (the released code back-propagates a vector of
-  ones through each sample's logits, so the kernel is ``B x B`` over summed logits, not the ``BK x BK`` NTK).
-  The empirical NTK is ``Theta = G G^T`` (``G`` is ``B x P``) and ``kappa_N = lambda_max / lambda_min``
-  (paper Eq. 4).  Lower is more trainable.
+* kappa_N (Sec. 3.1, Eq. 2-4): ``G [B, P]`` = Jacobian of the summed logits ``f~(x_i) = sum_c f_c(x_i)`` w.r.t.
+  the parameters named ``*weight*`` (as released); ``Theta = G G^T [B, B]`` (Eq. 2), ``kappa = lambda_max /
+  lambda_min`` (Eq. 4), eigenvalues in float64; NaN or ``lambda_min <= 0`` -> ``nan_value``.  Lower is better.
+  ``bn_coupling="batch"`` (the paper's kernel): ``jacrev`` of the batched map, train-mode BN couples the samples;
+  ``"frozen"``: BN normalises with the batch's statistics held constant, ``G = vmap(grad(f~))`` (a different,
+  faster kernel).  Without a batch coupling both give the exact per-sample Jacobian.  ``ntk_jacobian_loop`` is
+  the released per-sample backward loop (the baseline of ``benchmarks/bench_tenas.py``).
+* R_N (Sec. 3.2, Eq. 5): the number of distinct binary activation patterns of every ``nn.ReLU`` module over the
+  sampled inputs ``[N, ...]`` (``torch.unique`` of the codes, equal to the released Hamming formula).  Higher is
+  better.
+* :func:`tenas_objective` (``log R - log kappa``, the sweep's score) and :func:`rank_combination` (Sec. 3.3).
 
-  The Jacobian ``G`` is computed in one vectorised call, in one of two ways:
-
-  - ``bn_coupling="batch"`` (default; the paper's and the released code's kernel): ``torch.func.jacrev`` of the
-    *batched* map ``theta -> (sum_c logits)[batch]`` (``functional_call``), i.e. reverse-mode over ``B``
-    cotangents at once (``vmap`` over the vector-Jacobian product).  The whole batch goes through the network
-    together, so BatchNorm in train mode couples the samples (``g_i`` carries the paths through the batch
-    mean/variance), exactly as the released code's one forward + ``B`` backward passes do.  This costs the
-    flops of ``B`` full-batch backward passes whatever the vectorisation: with the coupling, row ``i`` of ``G``
-    needs its own pull-back through every sample (the Jacobian of ``B`` coupled outputs needs ``B`` reverse
-    passes; the ``2C``-per-layer BN statistics are more numerous than ``B`` in these proxies, so going through
-    them does not help).  Vectorising saves only dispatch, which pays on a GPU, not on a compute-bound CPU.
-  - ``bn_coupling="frozen"``: the same forward (BN normalises with the batch's own mean and biased variance),
-    but those statistics are held constant in the backward.  The samples are then independent and
-    ``G = vmap(grad(f~))`` over single samples: one batched backward with per-sample weight gradients instead
-    of ``B`` (``benchmarks/bench_tenas.py``: ~20x faster than the loop on CPU).  It is a different kernel: it
-    drops the cross-sample terms, which mainly move ``lambda_max`` (the batch-mean direction BN removes), so
-    kappa values differ from the paper's; the bench reports how the two rank candidates.  Offered as a setting,
-    not the default, because the paper's indicator is the coupled one.
-
-  Without a batch coupling (no BatchNorm, or ``train_mode=False`` so BN uses running statistics) both ways
-  compute the same exact per-sample Jacobian and the fast per-sample path is used automatically.
-  ``ntk_jacobian_loop`` is the released per-sample backward loop (either coupling), kept as the baseline of
-  ``benchmarks/bench_tenas.py``.
-
-  Parameters: every parameter whose name contains ``"weight"`` (conv kernels, BN gamma, linear weight; biases
-  and BN beta excluded), as released.  Ops that do not run get zero Jacobian columns, which leave the Gram
-  matrix unchanged (the released code drops them because their ``.grad`` is None: same matrix).
-
-  Numerics (deviation, documented): the Gram matrix and its eigenvalues are computed in float64 (the released
-  code used float32 ``symeig``; ``lambda_min`` near 0 made kappa unstable, issue #23).  NaN -> ``nan_value``
-  (1e5) as released; in addition a non-positive ``lambda_min`` (a numerically singular kernel) also maps to
-  ``nan_value`` instead of giving a negative or infinite kappa.
-
-* **Number of linear regions** (paper Sec. 3.2, Eq. 5; Xiong et al. 2020).  A ReLU network is piecewise
-  linear; two inputs share a region iff their binary ReLU activation patterns agree.  ``R_N`` = number of
-  distinct patterns over the sampled inputs.  Forward hooks on every ``nn.ReLU`` module record
-  ``output > 0``; codes of all hooked modules are concatenated per sample and the distinct rows are counted
-  (``torch.unique(dim=0)``, the same number as the released Hamming-distance formula).  Higher is more
-  expressive.  Only ``nn.ReLU`` *modules* are seen (functional ``F.relu`` calls are not).
-
-Initialisation (tenas.md Sec. 1.7): the released launch script passes an init name that ``init_model`` does
-not recognise, so *as released* every measurement uses PyTorch's default init, built once (no re-init per
-repeat).  *As intended*, each repeat re-initialises with Kaiming-normal (fan_out for the NTK, "for backward";
-fan_in for linear regions), conv/linear biases 0, BN gamma=1, beta=0.  The functions here re-initialise per
-repeat (``init="kaiming_fanout"`` / ``"kaiming_fanin"`` by default, i.e. *as intended*: the issue asks for
-averages over fresh initialisations, and the NTK is an expectation over the init distribution);
-``init="default"`` draws PyTorch's default distribution afresh, and ``init="none"`` keeps the model's current
-weights (the *as released* behaviour).  All draws use a seeded CPU generator and are copied to the model's
-device, so results do not depend on the device's RNG.
+Initialisation per repeat: ``"kaiming_fanout"`` (NTK) / ``"kaiming_fanin"`` (regions) as
+intended, ``"default"`` (PyTorch's distribution drawn afresh) or ``"none"`` (current weights, as released); draws
+come from a seeded CPU generator and are copied to the model's device.
 """
 from __future__ import annotations
 
@@ -233,6 +192,20 @@ def _as_batches(inputs: torch.Tensor | Sequence[torch.Tensor], name: str) -> lis
     return batches
 
 
+def _over_inits(model: nn.Module, inputs: torch.Tensor | Sequence[torch.Tensor], repeats: int, init: str, seed: int,
+                measure: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """``[repeats]`` values of ``measure(batch)``; repeat ``r`` re-initialises with ``init_weights(model, init,
+    seed + r)`` and uses batch ``r % len(inputs)`` (a tensor is one batch)."""
+    if repeats < 1:
+        raise ValueError(f"repeats: must be >= 1, got {repeats}")
+    batches = _as_batches(inputs, "inputs")
+    vals = []
+    for r in range(repeats):
+        init_weights(model, init, seed + r)
+        vals.append(measure(batches[r % len(batches)]))
+    return torch.stack(vals)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # NTK
 # ----------------------------------------------------------------------------------------------------------
@@ -328,15 +301,10 @@ def ntk_condition_number(model: nn.Module, inputs: torch.Tensor | Sequence[torch
     init, seed + r)`` (``init="none"`` keeps the current weights: repeats then differ only by batch).
     Leaves the model's weights at the last repeat's values.
     """
-    if repeats < 1:
-        raise ValueError(f"repeats: must be >= 1, got {repeats}")
-    batches = _as_batches(inputs, "inputs")
-    vals = []
-    for r in range(repeats):
-        init_weights(model, init, seed + r)
-        vals.append(ntk_kappa(model, batches[r % len(batches)], param_filter=param_filter, train_mode=train_mode,
-                              bn_coupling=bn_coupling, chunk_size=chunk_size, eig_dtype=eig_dtype, nan_value=nan_value))
-    return float(torch.stack(vals).mean())
+    vals = _over_inits(model, inputs, repeats, init, seed, lambda x: ntk_kappa(
+        model, x, param_filter=param_filter, train_mode=train_mode, bn_coupling=bn_coupling, chunk_size=chunk_size,
+        eig_dtype=eig_dtype, nan_value=nan_value))
+    return float(vals.mean())
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -397,11 +365,23 @@ def linear_regions(model: nn.Module, inputs: torch.Tensor | Sequence[torch.Tenso
     ``inputs``: samples [N, ...] (TE-NAS: 3000 one-channel 3x3 image patches, BN batches of 1000) or a list of
     sample sets used cyclically.  Repeat ``r`` re-initialises with ``init_weights(model, init, seed + r)``.
     """
-    if repeats < 1:
-        raise ValueError(f"repeats: must be >= 1, got {repeats}")
-    batches = _as_batches(inputs, "inputs")
-    vals = []
-    for r in range(repeats):
-        init_weights(model, init, seed + r)
-        vals.append(linear_regions_once(model, batches[r % len(batches)], chunk=chunk, train_mode=train_mode))
-    return float(torch.stack(vals).double().mean())
+    vals = _over_inits(model, inputs, repeats, init, seed,
+                       lambda x: linear_regions_once(model, x, chunk=chunk, train_mode=train_mode))
+    return float(vals.double().mean())
+
+
+# ----------------------------------------------------------------------------------------------------------
+# combined score
+# ----------------------------------------------------------------------------------------------------------
+def tenas_objective(ntk_cond: float, linear_regions: float) -> float:
+    """The sweep's scalar TE-NAS score ``log R_N - log kappa_N`` (both floored at 1e-12); higher is better:
+    expressive (many regions, Eq. 5) and trainable (well-conditioned NTK, Eq. 4) architectures score high."""
+    return math.log(max(linear_regions, 1e-12)) - math.log(max(ntk_cond, 1e-12))
+
+
+def rank_combination(ntk_cond: Sequence[float], linear_regions: Sequence[float]) -> np.ndarray:
+    """TE-NAS's rank combination over a set of architectures (paper Sec. 3.3):
+    ``-(rank of kappa ascending + rank of R descending)``, average ranks from 1; higher is better.  ``[n]``."""
+    from scipy.stats import rankdata
+
+    return -(rankdata(np.asarray(ntk_cond)) + rankdata(-np.asarray(linear_regions)))
