@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ from torch import nn
 
 from istanas.data import DataConfig, image_batch
 from istanas.tenas.indicators import (count_distinct_rows, init_weights, linear_regions, ntk_condition_number,
-                                      ntk_jacobian, ntk_jacobian_loop, ntk_kappa)
+                                      ntk_jacobian, ntk_jacobian_loop, ntk_kappa, rank_combination, tenas_objective)
 from istanas.tenas.job import TenasConfig, correlation_study, score_genotype, tenas_search
 from istanas.tenas.proxies import DARTS_EDGES, DARTS_GROUPS, NB201_SEARCH_OPS
 from istanas.tenas.pruning import dense_rank, genotype_to_mask, round_sig, select_prunes
@@ -216,6 +217,17 @@ def test_count_distinct_rows_matches_hamming_formula() -> None:
     ham = a @ (1 - a).T + (1 - a) @ a.T  # released formula: pairwise Hamming distances
     expected = float(np.sum(1.0 / (ham == 0).sum(axis=1)))
     assert int(count_distinct_rows(torch.from_numpy(codes))) == round(expected)
+
+
+# ------------------------------------------------------------------------------------------------ combined score
+def test_tenas_objective_and_rank_combination() -> None:
+    assert tenas_objective(4.0, 100.0) == pytest.approx(math.log(100.0) - math.log(4.0))
+    assert tenas_objective(0.0, 0.0) == 0.0  # both floored at 1e-12
+    assert tenas_objective(2.0, 50.0) > tenas_objective(20.0, 50.0) > tenas_objective(20.0, 5.0)
+    # kappa ascending ranks (3, 1, 2), regions descending ranks (3, 1, 2): the second architecture is best
+    assert rank_combination([3.0, 1.0, 2.0], [10.0, 30.0, 20.0]).tolist() == [-6.0, -2.0, -4.0]
+    # ties share the average rank
+    assert rank_combination([1.0, 1.0], [5.0, 7.0]).tolist() == [-3.5, -2.5]
 
 
 # ------------------------------------------------------------------------------------------------ table mapping
