@@ -47,8 +47,14 @@ from typing import Any, Optional, Union
 import torch
 from torch import nn
 
+from spaces.networks import build_network, is_imagenet, output_bn
+
 from ..checkpoint import atomic_write_bytes, atomic_write_json, atomic_write_text
+from ..config import to_dict
+from ..data import MEAN_STD
 from ..supernet import CELL_TYPES, edge_offsets
+from .compressed import genotype_from_support
+from .onestage import OneStageNet
 
 EXPORT_FORMAT = "istanas-onestage-export/1"
 _OP_KEY = re.compile(r"^cells\.(\d+)\.ops\.(\d+)\.(.+)$")
@@ -57,8 +63,6 @@ __all__ = ["absorb", "export", "load_exported", "EXPORT_FORMAT"]
 
 
 def _support_and_genotype(net, support_host: Optional[torch.Tensor]):
-    from .twostage import genotype_from_support
-
     host = (net.support_host if support_host is None else support_host).to(torch.int64).cpu()
     T, S = len(CELL_TYPES), net.supernet.steps
     if host.dim() != 3 or tuple(host.shape[:2]) != (T, S):
@@ -86,8 +90,6 @@ def absorb(net, support_host: Optional[torch.Tensor] = None) -> tuple[nn.Module,
     Raises:
         ValueError: s != 2, or a module layout that does not match (a bug, never silently wrong weights).
     """
-    from spaces.networks import build_network, is_imagenet, output_bn
-
     sn = net.supernet
     host, genotype = _support_and_genotype(net, support_host)
     if torch.equal(host, net.support_host):
@@ -239,9 +241,6 @@ def export(task_or_parts: Union[Any, tuple], out_dir: str, *, onnx: bool = True,
     """
     from safetensors.torch import save as st_save
 
-    from ..config import to_dict
-    from .onestage import OneStageNet
-
     task = None
     support = None
     if isinstance(task_or_parts, tuple):
@@ -288,8 +287,6 @@ def export(task_or_parts: Union[Any, tuple], out_dir: str, *, onnx: bool = True,
     }
     if task is not None:
         train = getattr(task.loaders, "train", None)
-        from ..data import MEAN_STD
-
         for j, attr in enumerate(("mean", "std")):
             v = getattr(train, attr, None)
             if isinstance(v, torch.Tensor):                # in-memory loaders normalise with these
@@ -314,8 +311,6 @@ def export(task_or_parts: Union[Any, tuple], out_dir: str, *, onnx: bool = True,
 
 def load_exported(out_dir: str, map_location: str | torch.device = "cpu", use_safetensors: bool = False) -> nn.Module:
     """Rebuild an exported model with :mod:`spaces` and load its weights (``weights_only``); eval mode."""
-    from spaces.networks import build_network
-
     with open(os.path.join(out_dir, "export.json"), encoding="utf-8") as f:
         info = json.load(f)
     net = build_network(json.dumps(info["genotype"]), **info["network"])
