@@ -43,6 +43,10 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+import torchvision
+import torchvision.transforms as T
+from PIL import Image
+from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from .config import ConfigError, check
 
@@ -273,7 +277,6 @@ class ImageSource:
 
     def open(self, ref: str):
         """A PIL image (RGB) for ``ref``; zip handles are per thread."""
-        from PIL import Image
 
         if self.is_zip:
             zf = getattr(self._local, "zf", None)
@@ -293,7 +296,6 @@ class ImageSource:
 
 def _resize_crop(img, size: int):
     """Resize the shorter side to ``size`` and centre-crop a ``size x size`` square (no-op at that size)."""
-    from PIL import Image
 
     w, h = img.size
     if (w, h) == (size, size):
@@ -436,7 +438,6 @@ def _is_cifar_batches(root: str, dataset: str) -> bool:
 
 
 def _torchvision_cifar(cfg: DataConfig, root: str, train: bool, transform=None):
-    import torchvision
 
     cls = torchvision.datasets.CIFAR10 if cfg.dataset == "cifar10" else torchvision.datasets.CIFAR100
     try:
@@ -693,7 +694,6 @@ class Cutout:
 
 def cifar_transforms(cfg: DataConfig):
     """torchvision (train, eval) transforms for CIFAR: RandomCrop(size, pad size/8) + flip + normalise + cutout."""
-    import torchvision.transforms as T
 
     size = cfg.resolved_image_size
     mean, std = MEAN_STD[cfg.dataset if cfg.dataset in MEAN_STD else "cifar10"]
@@ -709,7 +709,6 @@ def cifar_transforms(cfg: DataConfig):
 def imagenet_transforms(cfg: DataConfig):
     """torchvision (train, eval) transforms for ImageNet: RandomResizedCrop + flip + ColorJitter(0.4, 0.4, 0.4, 0.2)
     + normalise; eval Resize(size / 0.875) + CenterCrop(size)."""
-    import torchvision.transforms as T
 
     size = cfg.resolved_image_size
     mean, std = MEAN_STD["imagenet"]
@@ -735,7 +734,6 @@ class ImageListDataset(torch.utils.data.Dataset):
         return len(self.items)
 
     def __getitem__(self, i: int):
-        from PIL import Image
 
         ref, label = self.items[i]
         with Image.open(os.path.join(self.folder, ref)) as img:
@@ -751,7 +749,6 @@ class StreamLoader:
 
     def __init__(self, dataset, *, batch_size: int, shuffle: bool, num_workers: int, drop_last: bool,
                  rank: int = 0, world_size: int = 1, seed: int = 0):
-        from torch.utils.data import DataLoader, DistributedSampler
 
         self.dataset = dataset
         self.rank, self.world_size = int(rank), int(world_size)
@@ -799,7 +796,6 @@ class Loaders:
 
 
 def _stream_loaders(cfg: DataConfig, split: str, seed: int, rank: int, world_size: int) -> Loaders:
-    from torch.utils.data import Subset
 
     size = cfg.resolved_image_size
     if cfg.dataset == "imagenet":

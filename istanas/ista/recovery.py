@@ -49,6 +49,7 @@ import math
 import warnings
 from typing import Optional, Union
 
+import numpy as np
 import torch
 
 __all__ = [
@@ -472,8 +473,6 @@ def solve_cvxpy(A: torch.Tensor, b: torch.Tensor, lam: LamLike, solver: Optional
     ln = lam64.detach().cpu().numpy()
     B, m, n = An.shape
     out = torch.zeros(B, n, dtype=torch.float64)
-    import numpy as np  # noqa: PLC0415
-
     for i in range(B):
         scale = float(np.linalg.norm(bn[i]))
         if scale == 0.0:
