@@ -70,7 +70,7 @@ def build_config(cls: type[T], args: argparse.Namespace, extra: Optional[dict] =
     ``--out`` when ``cls`` has an ``out`` field (unless ``--out`` was left at its default and the YAML names one).
     Raises :class:`ConfigError` (a ``ValueError``) naming the bad field.
     """
-    data: dict[str, Any] = deep_merge({}, base or {})
+    data: dict[str, Any] = deep_merge({}, base or {}, skip_none=False)   # a preset's None is a value (e.g. train_epochs)
     if getattr(args, "config", None):
         data = deep_merge(data, read_yaml(args.config), skip_none=False)
     names = {f.name for f in dataclasses.fields(cls)}

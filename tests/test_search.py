@@ -2,6 +2,7 @@
 any work, the result record (``result.json``) keys, and a method added to the registry runs through the runner."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 from dataclasses import dataclass
@@ -9,8 +10,9 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from istanas import methods
-from istanas.config import ConfigError
+from istanas import cli, methods
+from istanas.config import ConfigError, preset_data
+from istanas.ista.onestage import OneStageConfig
 from istanas.ista.twostage import TwoStageConfig
 from istanas.methods import METHODS, Method, get_method, sweepable
 from istanas.result import RECORD_KEYS, SearchResult
@@ -95,3 +97,17 @@ def test_a_new_registry_entry_runs_through_the_runner(monkeypatch):
     with pytest.raises(TypeError, match="exactly one of task"):
         Method("bad", "neither", _ToyConfig, ("darts",))
     assert methods.get_method("toy").presets == {}
+
+
+def test_a_presets_none_survives_the_merge():
+    """The one-stage ``small`` preset sets ``train_epochs: null`` (train until ``epochs``); the class default is 600.
+    The merge must keep the preset's None (it once fell back to 600, which changed the post-switch LR schedule)."""
+    p = argparse.ArgumentParser()
+    cli.add_common_args(p, default_out="runs/x")
+    args = p.parse_args([])
+    base = preset_data(OneStageConfig, "small")
+    assert base["train_epochs"] is None and OneStageConfig().train_epochs == 600
+    cfg = cli.build_config(OneStageConfig, args, {}, base=base)
+    assert cfg.train_epochs is None
+    args = p.parse_args(["--set", "train_epochs=3"])
+    assert cli.build_config(OneStageConfig, args, {}, base=base).train_epochs == 3
