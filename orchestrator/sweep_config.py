@@ -68,6 +68,33 @@ class StoragePathMixin:
         return resolve_storage(self.storage_path)
 
 
+@dataclass
+class RayClusterConfig:
+    """Where a job's Ray runs (shared by the sweep and the Ray Train job): ``address`` a running cluster (``auto``,
+    host:port, ray://host:port) or null for an embedded local Ray sized by ``num_cpus`` / ``num_gpus`` (null = all);
+    its dashboard (``dashboard``) binds ``dashboard_host:dashboard_port`` (127.0.0.1 unless asked)."""
+
+    address: Optional[str] = None
+    num_cpus: Optional[int] = None
+    num_gpus: Optional[int] = None
+    dashboard: bool = True
+    dashboard_host: str = "127.0.0.1"
+    dashboard_port: int = 8265
+
+    def validate_cluster(self) -> None:
+        """Schema checks of the fields above (``ConfigError`` naming the field)."""
+        check(isinstance(self.dashboard_port, int) and 1 <= self.dashboard_port <= 65535, f"dashboard_port must be in 1..65535, got {self.dashboard_port}")
+        check(isinstance(self.dashboard_host, str) and self.dashboard_host.strip() != "",
+              "dashboard_host: give an interface address such as 127.0.0.1 (0.0.0.0 exposes the dashboard)")
+        check(self.num_cpus is None or self.num_cpus >= 1, f"num_cpus must be >= 1 or null, got {self.num_cpus}")
+        check(self.num_gpus is None or self.num_gpus >= 0, f"num_gpus must be >= 0 or null, got {self.num_gpus}")
+        if self.address is not None:
+            check(isinstance(self.address, str) and self.address.strip() != "",
+                  "address: 'auto', host:port or ray://host:port, or null for a local Ray")
+            check(self.num_cpus is None and self.num_gpus is None,
+                  "num_cpus / num_gpus size an embedded local Ray; a running cluster (address) has its own")
+
+
 # ----------------------------------------------------------------------------------------------------- sections
 @dataclass
 class ParamRange:
@@ -147,7 +174,7 @@ class RetrainSpec:
 
 
 @dataclass
-class SweepConfig(StoragePathMixin):
+class SweepConfig(RayClusterConfig, StoragePathMixin):
     """A Ray Tune sweep of two-stage ISTA-NAS searches (the defaults are the small no-argument sweep).
 
     name / storage_path: the experiment lives in ``storage_path/name`` (a local folder, made absolute, or any URI
@@ -186,12 +213,6 @@ class SweepConfig(StoragePathMixin):
     keep_checkpoints: int = 2
     max_failures: int = 0
     reuse_actors: bool = True
-    address: Optional[str] = None
-    num_cpus: Optional[int] = None
-    num_gpus: Optional[int] = None
-    dashboard: bool = True
-    dashboard_host: str = "127.0.0.1"
-    dashboard_port: int = 8265
     verbose: int = 1
 
     # ------------------------------------------------------------------------------------------- derived
@@ -271,16 +292,7 @@ class SweepConfig(StoragePathMixin):
         check(self.keep_checkpoints >= 1, f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
         check(self.max_failures >= 0, f"max_failures must be >= 0, got {self.max_failures}")
         check(self.verbose in (0, 1, 2, 3), f"verbose must be 0, 1, 2 or 3, got {self.verbose}")
-        check(1 <= self.dashboard_port <= 65535, f"dashboard_port must be in 1..65535, got {self.dashboard_port}")
-        check(isinstance(self.dashboard_host, str) and self.dashboard_host.strip() != "",
-              "dashboard_host: give an interface address such as 127.0.0.1 (0.0.0.0 exposes the dashboard)")
-        check(self.num_cpus is None or self.num_cpus >= 1, f"num_cpus must be >= 1 or null, got {self.num_cpus}")
-        check(self.num_gpus is None or self.num_gpus >= 0, f"num_gpus must be >= 0 or null, got {self.num_gpus}")
-        if self.address is not None:
-            check(isinstance(self.address, str) and self.address.strip() != "",
-                  "address: 'auto', host:port or ray://host:port, or null for a local Ray")
-            check(self.num_cpus is None and self.num_gpus is None,
-                  "num_cpus / num_gpus size an embedded local Ray; a running cluster (address) has its own")
+        self.validate_cluster()
         _check_resources(self.resources_per_trial, "resources_per_trial")
         _check_resources(self.retrain.resources, "retrain.resources")
         self._validate_space()

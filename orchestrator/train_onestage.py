@@ -38,7 +38,7 @@ from .cluster import cluster_address, copy_dir, exists, init_ray
 from .dist_hooks import TorchDistHooks, shard_eval_loader
 from .metrics import TrainGauges
 from .results import scalar_metrics
-from .sweep_config import _NAME_RE, StoragePathMixin
+from .sweep_config import _NAME_RE, RayClusterConfig, StoragePathMixin
 
 STATE_FILE = "state.pt"
 REPORTS_FILE = "reports.json"
@@ -52,7 +52,7 @@ BeforeReport = Callable[[int, int, dict], None]
 
 # ------------------------------------------------------------------------------------------------------ config
 @dataclass
-class DistSearchConfig(StoragePathMixin):
+class DistSearchConfig(RayClusterConfig, StoragePathMixin):
     """A distributed one-stage ISTA-NAS search on Ray Train.
 
     ``search_preset`` + ``search`` (nested / dotted :class:`istanas.ista.onestage.OneStageConfig` keys) give the search
@@ -83,12 +83,6 @@ class DistSearchConfig(StoragePathMixin):
     keep_checkpoints: int = 2
     timeout_s: int = 1800
     shard_eval: bool = True
-    address: Optional[str] = None
-    num_cpus: Optional[int] = None
-    num_gpus: Optional[int] = None
-    dashboard: bool = True
-    dashboard_host: str = "127.0.0.1"
-    dashboard_port: int = 8265
     verbose: bool = True
     record_dir: Optional[str] = None    # debugging: see the module doc
 
@@ -144,10 +138,7 @@ class DistSearchConfig(StoragePathMixin):
             check(self.global_batch_size % self.num_workers == 0,
                   f"global_batch_size: {self.global_batch_size} is not divisible by num_workers="
                   f"{self.num_workers}; every rank takes an equal share")
-        check(isinstance(self.dashboard_host, str) and self.dashboard_host != "",
-              "dashboard_host: an interface such as 127.0.0.1")
-        check(isinstance(self.dashboard_port, int) and 0 < self.dashboard_port < 65536,
-              f"dashboard_port: must be in 1..65535, got {self.dashboard_port!r}")
+        self.validate_cluster()
         if self.use_gpu and self.address is None and not os.environ.get("RAY_ADDRESS"):
             n = torch.cuda.device_count()
             need = self.num_workers * self.gpus_per_worker
