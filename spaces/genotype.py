@@ -129,14 +129,7 @@ def _parse_json(text: str, what: str = "genotype JSON") -> Any:
 
 
 class _JsonForm:
-    """The JSON form shared by both genotype classes (each gives ``to_dict`` / ``from_dict``)."""
-
-    def to_dict(self) -> dict:
-        raise NotImplementedError
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Any:
-        raise NotImplementedError
+    """The JSON form shared by both genotype classes; a subclass defines ``to_dict`` and ``from_dict``."""
 
     def to_json(self, indent: int | None = None) -> str:
         """Canonical JSON (sorted keys, compact) or, with ``indent``, a readable form of the same object."""
