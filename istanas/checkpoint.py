@@ -1,15 +1,20 @@
-"""Atomic checkpoint and result writes, safe loads, and RNG state capture.
+"""Atomic checkpoint and result writes, integrity-checked loads, and RNG state capture.
 
 States hold only tensors, numbers, strings, lists, tuples and dicts so that they load with
-``torch.load(weights_only=True)`` (no pickle of arbitrary objects).
+``torch.load(weights_only=True)`` (no pickle of arbitrary objects).  :func:`save` records the size and SHA-256 of
+what it wrote in a sidecar ``<file>.sha256`` (JSON) and, with ``keep_previous``, keeps the last good file as
+``<stem>.prev<ext>``; :func:`load` checks the sidecar and turns any unreadable file into a
+:class:`CheckpointError` naming the file; :func:`load_with_fallback` then uses the previous good checkpoint.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
+import sys
 import tempfile
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -66,8 +71,48 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-def save(state: dict, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file, then ``os.replace``: a crash never leaves a half-written checkpoint."""
+class CheckpointError(ValueError):
+    """A checkpoint that is missing its data, truncated, altered or unreadable (the message names the file)."""
+
+
+MANIFEST_SUFFIX = ".sha256"
+
+
+def manifest_path(path: str | os.PathLike) -> str:
+    """The sidecar ``<path>.sha256`` that :func:`save` writes next to a checkpoint."""
+    return os.fspath(path) + MANIFEST_SUFFIX
+
+
+def previous_path(path: str | os.PathLike) -> str:
+    """Where ``save(..., keep_previous=True)`` keeps the last good file: ``checkpoint.pt`` -> ``checkpoint.prev.pt``."""
+    stem, ext = os.path.splitext(os.fspath(path))
+    return f"{stem}.prev{ext}"
+
+
+def file_digest(path: str | os.PathLike) -> tuple[int, str]:
+    """(size in bytes, SHA-256 hex) of a file."""
+    h = hashlib.sha256()
+    size = 0
+    with open(os.fspath(path), "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+            size += len(block)
+    return size, h.hexdigest()
+
+
+def _replace_pair(src: str, dest: str) -> None:
+    """Move a checkpoint and its sidecar (when there is one) from ``src`` to ``dest``."""
+    os.replace(src, dest)
+    if os.path.exists(manifest_path(src)):
+        os.replace(manifest_path(src), manifest_path(dest))
+    elif os.path.exists(manifest_path(dest)):
+        os.unlink(manifest_path(dest))
+
+
+def save(state: dict, path: str | os.PathLike, *, keep_previous: bool = False) -> None:
+    """``torch.save`` to a temporary file, then ``os.replace``: a crash never leaves a half-written checkpoint.
+    The size and SHA-256 go to ``<path>.sha256``; with ``keep_previous`` an existing ``path`` (and its sidecar)
+    becomes :func:`previous_path` first."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
@@ -75,16 +120,82 @@ def save(state: dict, path: str | os.PathLike) -> None:
     os.close(fd)
     try:
         torch.save(state, tmp)
+        size, sha = file_digest(tmp)
+        if keep_previous and os.path.isfile(path):
+            _replace_pair(path, previous_path(path))
         os.replace(tmp, path)
+        atomic_write_text(manifest_path(path), json.dumps({"file": os.path.basename(path), "size": size,
+                                                           "sha256": sha}) + "\n")
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
 
 
+def verify(path: str | os.PathLike) -> None:
+    """Raise :class:`CheckpointError` when ``path`` is missing or differs from the size / SHA-256 its sidecar
+    recorded.  A file without a sidecar (written before sidecars existed, or by another tool) passes; its load
+    still fails loudly when it is unreadable."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint {path} is missing")
+    side = manifest_path(path)
+    if not os.path.isfile(side):
+        return
+    try:
+        with open(side, encoding="utf-8") as f:
+            want = json.load(f)
+        want_size, want_sha = int(want["size"]), str(want["sha256"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"checkpoint {path}: its record {side} is unreadable ({type(e).__name__})") from None
+    size, sha = file_digest(path)
+    if size != want_size:
+        raise CheckpointError(f"checkpoint {path} is corrupt: {size} bytes, {want_size} were written (truncated?)")
+    if sha != want_sha:
+        raise CheckpointError(f"checkpoint {path} is corrupt: its SHA-256 differs from the one recorded at save")
+
+
 def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """Load a checkpoint written by :func:`save` with ``weights_only=True``."""
-    return torch.load(os.fspath(path), map_location=map_location, weights_only=True)
+    """Load a checkpoint written by :func:`save` with ``weights_only=True``, after :func:`verify`; an unreadable
+    file is a :class:`CheckpointError` naming it (never a raw unpickling traceback)."""
+    path = os.fspath(path)
+    verify(path)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"checkpoint {path} is unreadable ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:160] if str(e) else ''})") from None
+
+
+def load_with_fallback(path: str | os.PathLike, map_location: str | torch.device = "cpu",
+                       warn: bool = True) -> tuple[dict, str]:
+    """(state, the file it came from): ``path``, else its :func:`previous_path` when ``path`` fails
+    :func:`load` (a note on stderr says so); when both fail, the :class:`CheckpointError` names both."""
+    path = os.fspath(path)
+    try:
+        return load(path, map_location), path
+    except CheckpointError as first:
+        prev = previous_path(path)
+        if not os.path.isfile(prev):
+            raise
+        try:
+            state = load(prev, map_location)
+        except CheckpointError as second:
+            raise CheckpointError(f"{first}; the previous one is bad too: {second}") from None
+        if warn:
+            print(f"warning: {first}; resuming from the previous good checkpoint {prev}", file=sys.stderr)
+        return state, prev
+
+
+def newest_valid(paths: list[str], map_location: str | torch.device = "cpu") -> Optional[str]:
+    """The first of ``paths`` (newest first) that loads (:func:`load`), or None."""
+    for p in paths:
+        try:
+            load(p, map_location)
+            return p
+        except CheckpointError:
+            continue
+    return None
 
 
 def rng_state() -> dict:

@@ -52,7 +52,11 @@ def add_common_args(parser: argparse.ArgumentParser, *, default_out: str) -> Non
     g.add_argument("--out", metavar="DIR", default=default_out,
                    help=f"output folder for checkpoint, metrics and results (default: {default_out})")
     g.add_argument("--resume", action="store_true",
-                   help=f"continue the run in --out from its {CHECKPOINT_NAME}")
+                   help=f"continue the run in --out from its {CHECKPOINT_NAME}; the config must be the recorded one "
+                        f"(run_info.json) but for --allow-change keys")
+    g.add_argument("--allow-change", metavar="KEY", action="append", default=[], dest="allow_change",
+                   help="with --resume: let this config key (dotted, e.g. epochs) differ from the recorded run's; "
+                        "repeatable.  More epochs on a finished run then really train")
     g.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None,
                    help="where to train (default: the config's value, normally auto = CUDA when available)")
     g.add_argument("--seed", type=int, default=None, metavar="N", help="random seed (default: the config's value)")
@@ -184,26 +188,92 @@ def checkpoint_path(out_dir: str | os.PathLike) -> str:
 
 
 def checkpoint_hook(out_dir: str | os.PathLike) -> Callable[[dict], None]:
-    """``hook(state)`` saves an engine state atomically to ``OUT/checkpoint.pt`` (see :func:`run_hooks`)."""
+    """``hook(state)`` saves an engine state atomically to ``OUT/checkpoint.pt`` with its size / SHA-256 record,
+    keeping the one before as ``checkpoint.prev.pt`` (see :func:`run_hooks`)."""
     path = checkpoint_path(out_dir)
 
     def hook(state: dict) -> None:
-        ckpt.save(state, path)
+        ckpt.save(state, path, keep_previous=True)
 
     return hook
 
 
-def load_resume(out_dir: str | os.PathLike, resume: bool) -> Optional[dict]:
+#: Keys that say where / how a run executes, not what it computes: they may differ on --resume.
+RUNTIME_KEYS = frozenset({"out", "device", "data.root", "data.num_workers", "data.download", "data.decode",
+                          "data.in_memory", "data.eval_batch_size", "recovery.device", "tenas.device"})
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_changes(recorded: Mapping[str, Any], cfg: Any) -> dict[str, tuple[Any, Any]]:
+    """``{dotted key: (recorded value, new value)}`` for keys both configs have and that differ."""
+    old = flatten(recorded)
+    new = flatten(to_dict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg))
+    return {k: (old[k], new[k]) for k in sorted(old.keys() & new.keys()) if old[k] != new[k]}
+
+
+def check_resume_config(out_dir: str | os.PathLike, cfg: Any, allow: tuple[str, ...] | list[str] = ()) -> dict:
+    """On ``--resume``: compare ``cfg`` with the config ``OUT/run_info.json`` recorded.  A change to a key that
+    defines the run (not in :data:`RUNTIME_KEYS` nor ``allow``) is a :class:`ConfigError` naming the keys; the
+    allowed changes are written back to ``run_info.json`` (``config`` and ``resume_changes``) and returned."""
+    info_path = os.path.join(os.fspath(out_dir), RUN_INFO_NAME)
+    if not os.path.isfile(info_path):
+        return {}
+    try:
+        with open(info_path, encoding="utf-8") as f:
+            info = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"--resume: {info_path} is unreadable ({type(e).__name__}); it records the run's config")
+    recorded = info.get("config") if isinstance(info, dict) else None
+    if not isinstance(recorded, dict):
+        return {}
+    allowed = set(RUNTIME_KEYS) | {a.strip() for a in allow}
+    changes = config_changes(recorded, cfg)
+    bad = {k: v for k, v in changes.items() if k not in allowed}
+    if bad:
+        what = ", ".join(f"{k} {v[0]!r} -> {v[1]!r}" for k, v in bad.items())
+        raise ConfigError(f"--resume: the run in {os.fspath(out_dir)} was started with other settings: {what}; "
+                          f"resume it unchanged, start a new run in another --out, or pass "
+                          + " ".join(f"--allow-change {k}" for k in bad))
+    kept = {k: v for k, v in changes.items() if k not in RUNTIME_KEYS}
+    if kept:
+        info["config"] = to_dict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
+        info["resume_changes"] = {**info.get("resume_changes", {}), **{k: list(v) for k, v in kept.items()}}
+        ckpt.atomic_write_json(info_path, info)
+    return kept
+
+
+def load_resume(out_dir: str | os.PathLike, resume: bool, *, cfg: Any = None,
+                args: Optional[argparse.Namespace] = None) -> Optional[dict]:
     """The state to resume from, or ``None`` for a fresh run.
 
-    With ``resume`` a missing checkpoint is a ``FileNotFoundError``; without it an existing checkpoint in
+    With ``resume`` and ``cfg`` the config is first checked against the recorded one
+    (:func:`check_resume_config`, ``args.allow_change``).  With ``resume`` a missing checkpoint is a
+    ``FileNotFoundError``; a corrupt or truncated one (size / SHA-256
+    record, or an unreadable file) falls back to ``checkpoint.prev.pt`` when that one is good, else is a
+    :class:`istanas.checkpoint.CheckpointError` naming the file(s).  Without ``resume`` an existing checkpoint in
     ``out_dir`` is a ``ConfigError`` (never silently overwrite work).
     """
     path = checkpoint_path(out_dir)
     if resume:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"--resume: no checkpoint at {path}; start a fresh run without --resume")
-        return ckpt.load(path)
+        changes = check_resume_config(out_dir, cfg, getattr(args, "allow_change", None) or ()) \
+            if cfg is not None else {}
+        state = ckpt.load_with_fallback(path)[0]
+        epochs = getattr(cfg, "epochs", None)
+        if "epochs" in changes and isinstance(epochs, int) and state.get("done") and epochs > int(state["epoch"]):
+            state["done"] = False  # more epochs allowed on a finished run: they really train
+        return state
     if os.path.exists(path):
         raise ConfigError(f"{path} exists; pass --resume to continue that run or another --out")
     return None

@@ -100,7 +100,7 @@ def _run(args: argparse.Namespace) -> int:
     cfg = cli.build_config(RetrainConfig, args, extra, base=_base_config(args))
     check_runtime(cfg)
     out = cfg.out
-    state = cli.load_resume(out, args.resume)
+    state = cli.load_resume(out, args.resume, cfg=cfg, args=args)
     if state is None:
         cli.write_run_info(out, cfg, cfg.seed)
     done = int(state["epoch"]) if state is not None else 0

@@ -127,7 +127,7 @@ def _run(args: argparse.Namespace) -> int:
     check_runtime(cfg)
     out = cfg.out
     if method.checkpoints:
-        state = cli.load_resume(out, args.resume)
+        state = cli.load_resume(out, args.resume, cfg=cfg, args=args)
     else:
         if args.resume:
             raise ValueError(f"--resume: a {method.display_name} search has no checkpoint; rerun it (same seed, same "

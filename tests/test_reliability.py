@@ -1,0 +1,119 @@
+"""Reliability of runs on disk: checkpoint integrity (size / SHA-256 record, previous good checkpoint), and
+``--resume`` refusing a changed config (``--allow-change`` for the keys that may change)."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+import launch.retrain as launch_retrain
+import launch.search as launch_search
+from istanas import checkpoint as ckpt
+from istanas import cli
+
+SEARCH = ["--method", "twostage", "--device", "cpu", "--no-progress", "--epochs", "2",
+          "--set", "C=4", "--set", "layers=3", "--set", "data.image_size=8", "--set", "data.limit_train=128",
+          "--set", "data.batch_size=32"]
+RETRAIN = ["--preset", "quick", "--device", "cpu", "--no-progress", "--set", "C=4", "--set", "layers=3",
+           "--set", "data.image_size=8", "--set", "data.limit_train=128", "--set", "data.limit_test=64",
+           "--set", "data.batch_size=32", "--epochs", "2"]
+
+
+def flip_byte(path: str, offset: int | None = None) -> None:
+    data = bytearray(open(path, "rb").read())
+    i = len(data) // 2 if offset is None else offset
+    data[i] ^= 0x01
+    open(path, "wb").write(bytes(data))
+
+
+def truncate(path: str) -> None:
+    size = os.path.getsize(path)
+    with open(path, "r+b") as f:
+        f.truncate(size // 2)
+
+
+# ----------------------------------------------------------------------------------------------- unit level
+@pytest.mark.parametrize("damage", [flip_byte, truncate])
+def test_damaged_checkpoint_is_named_and_previous_one_used(tmp_path, damage, capsys):
+    path = str(tmp_path / "checkpoint.pt")
+    ckpt.save({"epoch": 1, "w": torch.arange(1000.0)}, path, keep_previous=True)
+    ckpt.save({"epoch": 2, "w": torch.arange(1000.0) * 2}, path, keep_previous=True)
+    assert ckpt.load(path)["epoch"] == 2 and ckpt.load(ckpt.previous_path(path))["epoch"] == 1
+    size, sha = ckpt.file_digest(path)
+    assert json.load(open(ckpt.manifest_path(path))) == {"file": "checkpoint.pt", "size": size, "sha256": sha}
+    damage(path)
+    with pytest.raises(ckpt.CheckpointError, match="checkpoint.pt"):
+        ckpt.load(path)
+    state, used = ckpt.load_with_fallback(path)
+    assert state["epoch"] == 1 and used == ckpt.previous_path(path)
+    assert torch.equal(state["w"], torch.arange(1000.0))
+    assert "previous good checkpoint" in capsys.readouterr().err
+    damage(ckpt.previous_path(path))
+    with pytest.raises(ckpt.CheckpointError, match="prev"):
+        ckpt.load_with_fallback(path)
+
+
+def test_unrecorded_file_still_fails_loudly(tmp_path):
+    path = str(tmp_path / "x.pt")
+    torch.save({"a": torch.zeros(100)}, path)  # no sidecar (another tool, an old run)
+    assert ckpt.load(path)["a"].shape == (100,)
+    truncate(path)
+    with pytest.raises(ckpt.CheckpointError, match="x.pt.*unreadable"):
+        ckpt.load(path)
+
+
+# ----------------------------------------------------------------------------------------------- launchers
+def _rows(out: str) -> list[int]:
+    with open(os.path.join(out, "metrics.jsonl"), encoding="utf-8") as f:
+        return [json.loads(line)["epoch"] for line in f if line.strip()]
+
+
+@pytest.mark.parametrize("launcher,args", [(launch_search, SEARCH), (launch_retrain, RETRAIN)],
+                         ids=["search", "retrain"])
+def test_corrupt_checkpoint_on_resume(tmp_path, capsys, launcher, args):
+    out = str(tmp_path / "run")
+    assert launcher.main(args + ["--out", out]) == 0
+    path = cli.checkpoint_path(out)
+    assert ckpt.load(path)["epoch"] == 2 and ckpt.load(ckpt.previous_path(path))["epoch"] == 1
+    capsys.readouterr()
+    # a flipped byte in the latest checkpoint: resumed from the previous good one (epoch 1), epoch 2 redone
+    flip_byte(path)
+    assert launcher.main(["--out", out, "--resume", "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "checkpoint.pt is corrupt" in err and "checkpoint.prev.pt" in err
+    assert _rows(out) == [1, 2] and ckpt.load(path)["epoch"] == 2
+    # both damaged: one line naming the files, exit 2
+    truncate(path)
+    truncate(ckpt.previous_path(path))
+    assert launcher.main(["--out", out, "--resume", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "checkpoint.pt" in err[0] and "checkpoint.prev.pt" in err[0]
+
+
+def test_resume_with_changed_config_is_refused_unless_allowed(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    assert launch_search.main(SEARCH + ["--out", out]) == 0
+    capsys.readouterr()
+    recorded = json.load(open(os.path.join(out, "run_info.json")))["config"]
+    # a changed lr (and lambda) is refused, naming the keys; nothing is written
+    before = {n: os.path.getmtime(os.path.join(out, n)) for n in os.listdir(out)}
+    assert launch_search.main(["--out", out, "--resume", "--no-progress", "--set", "lr=0.1",
+                               "--set", "recovery.lam=0.5"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "lr" in err[0] and "recovery.lam" in err[0] and "--allow-change lr" in err[0]
+    assert {n: os.path.getmtime(os.path.join(out, n)) for n in os.listdir(out)} == before
+    # more epochs: refused without --allow-change, then allowed, and they really train (epoch 3 logged)
+    assert launch_search.main(["--out", out, "--resume", "--no-progress", "--epochs", "3"]) == 2
+    assert "epochs 2 -> 3" in capsys.readouterr().err
+    assert launch_search.main(["--out", out, "--resume", "--no-progress", "--epochs", "3",
+                               "--allow-change", "epochs"]) == 0
+    assert _rows(out) == [1, 2, 3] and ckpt.load(cli.checkpoint_path(out))["epoch"] == 3
+    info = json.load(open(os.path.join(out, "run_info.json")))
+    assert info["config"]["epochs"] == 3 and info["resume_changes"] == {"epochs": [2, 3]}
+    assert {k: v for k, v in info["config"].items() if k != "epochs"} == \
+        {k: v for k, v in recorded.items() if k != "epochs"}
+    # a runtime key (device) may change without asking
+    assert cli.config_changes(recorded, {**recorded, "device": "cuda"}) == {"device": ("cpu", "cuda")}
+    assert "device" in cli.RUNTIME_KEYS
