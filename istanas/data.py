@@ -17,7 +17,9 @@ Datasets (``DataConfig.dataset``):
 Small sets (everything but ImageNet by default) are decoded once into a ``uint8`` tensor ``[N, C, H, W]`` (decoded
 JPEGs are cached as ``.npz`` under :func:`cache_dir`) and served by :class:`TensorLoader`, which augments whole
 batches in torch (pad-and-crop by random offsets, horizontal flip, cutout) on the data's device.  ImageNet streams
-through a torch ``DataLoader`` with per-image torchvision transforms.
+through a torch ``DataLoader`` with per-image torchvision transforms (``decode: pil``), or, with ``decode: gpu``,
+its workers read file bytes only and :class:`DecodeLoader` decodes whole batches with ``torchvision.io.decode_jpeg``
+(nvJPEG on CUDA) and crops / flips / colour-jitters / normalises them on the training device.
 
 Randomness (shuffling, augmentation) is drawn from the torch global RNG at the start of each pass over a loader,
 so that :func:`istanas.engine.run`, which restores the global RNG state at epoch boundaries, repeats an interrupted
@@ -45,6 +47,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 import torchvision.transforms as T
+import torchvision.transforms.functional as TF
 from PIL import Image
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
@@ -52,6 +55,7 @@ from .config import ConfigError, check
 
 DATASETS = ("digits", "mnist", "cifar10", "cifar100", "imagenet")
 SPLITS = ("search", "train")
+DECODES = ("pil", "gpu")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
 
 DEFAULT_IMAGE_SIZE = {"digits": 16, "mnist": 28, "cifar10": 32, "cifar100": 32, "imagenet": 224}
@@ -76,6 +80,9 @@ class DataConfig:
     (digits, mnist: default 0.2; a single-folder ImageFolder: required), the class-stratified fraction held out as
     test.  ``split_seed`` fixes every data split and subsample, independently of the run's seed.
     ``in_memory``: ``None`` = yes for all but ImageNet.  ``cutout``: side of the cutout square (0 = off).
+    ``decode`` (ImageNet only): ``pil`` = per-image PIL decode + torchvision transforms in the loader workers;
+    ``gpu`` = the workers read file bytes only, batches are decoded (``torchvision.io.decode_jpeg``, nvJPEG on CUDA)
+    and augmented on the training device (:class:`DecodeLoader`; on a CPU run the same code runs on the CPU).
     """
 
     dataset: str = "digits"
@@ -94,6 +101,7 @@ class DataConfig:
     split_seed: int = 0
     augment: bool = True
     drop_last: bool = False
+    decode: str = "pil"
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first bad field (no data is read)."""
@@ -114,6 +122,9 @@ class DataConfig:
         if self.holdout_fraction is not None:
             check(0.0 < self.holdout_fraction < 1.0,
                   f"data.holdout_fraction must be in (0, 1) or null, got {self.holdout_fraction}")
+        check(self.decode in DECODES, f"data.decode must be one of {list(DECODES)}, got {self.decode!r}")
+        check(self.decode == "pil" or self.dataset == "imagenet",
+              f"data.decode: {self.decode!r} is for the streamed ImageNet loaders; {self.dataset} needs 'pil'")
         if self.dataset == "imagenet":
             check(self.in_memory is not True,
                   "data.in_memory: ImageNet streams from disk; set data.in_memory to null or false")
@@ -147,6 +158,12 @@ class DataConfig:
     @property
     def resolved_in_memory(self) -> bool:
         return self.dataset != "imagenet" if self.in_memory is None else bool(self.in_memory)
+
+    @property
+    def on_device(self) -> bool:
+        """Whether batches are made on the training device (in-memory data, or ``decode: gpu``): callers pass
+        their device to :func:`get_loaders`."""
+        return self.resolved_in_memory or self.decode == "gpu"
 
 
 def default_label_smoothing(dataset: str) -> float:
@@ -748,7 +765,7 @@ class StreamLoader:
     """
 
     def __init__(self, dataset, *, batch_size: int, shuffle: bool, num_workers: int, drop_last: bool,
-                 rank: int = 0, world_size: int = 1, seed: int = 0):
+                 rank: int = 0, world_size: int = 1, seed: int = 0, collate_fn: Optional[Callable] = None):
 
         self.dataset = dataset
         self.rank, self.world_size = int(rank), int(world_size)
@@ -760,7 +777,8 @@ class StreamLoader:
         self.epoch: Optional[int] = None
         self.loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and self.sampler is None,
                                  sampler=self.sampler, num_workers=num_workers, drop_last=drop_last,
-                                 pin_memory=torch.cuda.is_available(), persistent_workers=False)
+                                 pin_memory=torch.cuda.is_available(), persistent_workers=False,
+                                 collate_fn=collate_fn)
 
     @property
     def num_samples(self) -> int:
@@ -779,6 +797,252 @@ class StreamLoader:
         return iter(self.loader)
 
 
+# ------------------------------------------------------------------------------------- device decode (decode: gpu)
+class EncodedImageDataset(torch.utils.data.Dataset):
+    """``(file bytes as uint8 [n_bytes], label)`` for a list of ``(relative path, label)`` under ``folder``: what
+    the loader workers do on the ``decode: gpu`` path (read only; decoding happens batched on the device)."""
+
+    def __init__(self, folder: str, items: Sequence[tuple[str, int]]):
+        self.folder, self.items = folder, list(items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        ref, label = self.items[i]
+        with open(os.path.join(self.folder, ref), "rb") as f:
+            data = f.read()
+        return torch.frombuffer(bytearray(data), dtype=torch.uint8), label
+
+
+def collate_encoded(batch: Sequence[tuple[torch.Tensor, int]]) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Collate encoded images: ``(list of B byte tensors, int64 labels [B])`` (the images differ in length)."""
+    return [b for b, _ in batch], torch.tensor([lab for _, lab in batch], dtype=torch.int64)
+
+
+def decode_images(data: Sequence[torch.Tensor], device: torch.device | str) -> list[torch.Tensor]:
+    """Decode encoded images (uint8 byte tensors on the CPU) to RGB ``uint8 [3, H, W]`` tensors on ``device``:
+    one batched ``torchvision.io.decode_jpeg`` call (nvJPEG on CUDA, libjpeg-turbo on the CPU); when that fails
+    (a PNG or CMYK file among the JPEGs, as ImageNet has a few) each image is decoded on the CPU with
+    ``decode_image`` and moved."""
+    device = torch.device(device)
+    try:
+        return list(torchvision.io.decode_jpeg(list(data), mode=torchvision.io.ImageReadMode.RGB, device=device))
+    except RuntimeError:
+        out = []
+        for d in data:
+            try:
+                img = torchvision.io.decode_image(d, mode=torchvision.io.ImageReadMode.RGB)
+            except RuntimeError:  # a format torchvision cannot read: PIL
+                img = torch.from_numpy(np.asarray(Image.open(io.BytesIO(d.numpy().tobytes())).convert("RGB"))
+                                       ).permute(2, 0, 1).contiguous()
+            out.append(img.to(device, non_blocking=True))
+        return out
+
+
+def random_resized_crop_boxes(hw: torch.Tensor, g: torch.Generator, scale: tuple[float, float] = (0.08, 1.0),
+                              ratio: tuple[float, float] = (3 / 4, 4 / 3), tries: int = 10) -> torch.Tensor:
+    """``RandomResizedCrop`` boxes ``int64 [B, 4]`` = (top, left, height, width) for images of sizes
+    ``hw int64 [B, 2]`` (CPU), drawn with ``g``: torchvision's rule, vectorised over the images and the ``tries``
+    attempts (area ~ U(scale) * H * W, log-aspect ~ U(log ratio), the first attempt that fits; none fits: the
+    centre crop of the aspect ratio clamped to ``ratio``)."""
+    B = hw.shape[0]
+    H, W = hw[:, 0:1].double(), hw[:, 1:2].double()
+    area = H * W * torch.empty(B, tries, dtype=torch.float64).uniform_(scale[0], scale[1], generator=g)
+    log_r = torch.empty(B, tries, dtype=torch.float64).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=g)
+    ar = torch.exp(log_r)
+    w = torch.sqrt(area * ar).round()
+    h = torch.sqrt(area / ar).round()
+    ok = (w > 0) & (h > 0) & (w <= W) & (h <= H)
+    u_top = torch.rand(B, tries, generator=g, dtype=torch.float64)
+    u_left = torch.rand(B, tries, generator=g, dtype=torch.float64)
+    top = torch.floor(u_top * (H - h + 1)).clamp_min(0)
+    left = torch.floor(u_left * (W - w + 1)).clamp_min(0)
+    first = torch.where(ok.any(1), ok.to(torch.int8).argmax(1), torch.full((B,), -1))
+    # fallback: the whole image cut to the nearest allowed aspect ratio, centred (torchvision's)
+    in_r = W[:, 0] / H[:, 0]
+    fw = torch.where(in_r < ratio[0], W[:, 0], torch.where(in_r > ratio[1], (H[:, 0] * ratio[1]).round(), W[:, 0]))
+    fh = torch.where(in_r < ratio[0], (W[:, 0] / ratio[0]).round(), H[:, 0])
+    ft, fl = ((H[:, 0] - fh) / 2).floor(), ((W[:, 0] - fw) / 2).floor()
+    k = first.clamp_min(0)[:, None]
+    pick = lambda t: t.gather(1, k)[:, 0]  # noqa: E731
+    found = first >= 0
+    boxes = torch.stack([torch.where(found, pick(top), ft), torch.where(found, pick(left), fl),
+                         torch.where(found, pick(h), fh), torch.where(found, pick(w), fw)], 1)
+    return boxes.to(torch.int64)
+
+
+def _rgb_to_hsv(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``x [B, 3, H, W]`` in [0, 1] -> (hue in [0, 1), saturation, value), each ``[B, H, W]``."""
+    r, g, b = x.unbind(1)
+    maxc, minc = x.amax(1), x.amin(1)
+    eq = maxc == minc
+    cr = maxc - minc
+    one = torch.ones_like(maxc)
+    s = cr / torch.where(eq, one, maxc)
+    crd = torch.where(eq, one, cr)
+    rc, gc, bc = (maxc - r) / crd, (maxc - g) / crd, (maxc - b) / crd
+    hr = (maxc == r) * (bc - gc)
+    hg = ((maxc == g) & (maxc != r)) * (2.0 + rc - bc)
+    hb = ((maxc != g) & (maxc != r)) * (4.0 + gc - rc)
+    h = torch.fmod((hr + hg + hb) / 6.0 + 1.0, 1.0)
+    return h, s, maxc
+
+
+def _hsv_to_rgb(h: torch.Tensor, s: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`_rgb_to_hsv`: ``[B, H, W]`` each -> ``[B, 3, H, W]``."""
+    i = torch.floor(h * 6.0)
+    f = h * 6.0 - i
+    i = i.to(torch.int64) % 6
+    p = (v * (1.0 - s)).clamp(0.0, 1.0)
+    q = (v * (1.0 - s * f)).clamp(0.0, 1.0)
+    t = (v * (1.0 - s * (1.0 - f))).clamp(0.0, 1.0)
+    table = torch.stack([torch.stack(c, 1) for c in ((v, q, p, p, t, v), (t, v, v, q, p, p), (p, p, t, v, v, q))], 1)
+    return table.gather(2, i[:, None, None].expand(-1, 3, 1, -1, -1)).squeeze(2)  # [B, 3, 6, H, W] -> [B, 3, H, W]
+
+
+def _grey(x: torch.Tensor) -> torch.Tensor:
+    """Luma of ``x [B, 3, H, W]`` as ``[B, 1, H, W]`` (torchvision's ``rgb_to_grayscale`` weights)."""
+    return (0.2989 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
+
+
+def color_jitter_batch(x: torch.Tensor, factors: torch.Tensor, order: Sequence[int]) -> torch.Tensor:
+    """ColorJitter of a float batch ``x [B, 3, H, W]`` in [0, 1] with per-image ``factors [B, 4]`` = (brightness,
+    contrast, saturation, hue shift) applied in ``order`` (indices into those four): torchvision's tensor
+    formulas (brightness ``f x``; contrast: blend with the image's mean luma; saturation: blend with the luma;
+    hue: rotate the HSV hue by the shift), clamped to [0, 1] after each."""
+    fb = factors[:, :, None, None, None].unbind(1)
+    for op in order:
+        f = fb[op]
+        if op == 0:
+            x = (x * f).clamp(0.0, 1.0)
+        elif op == 1:
+            m = _grey(x).mean(dim=(1, 2, 3), keepdim=True)
+            x = (f * x + (1.0 - f) * m).clamp(0.0, 1.0)
+        elif op == 2:
+            x = (f * x + (1.0 - f) * _grey(x)).clamp(0.0, 1.0)
+        else:
+            h, s, v = _rgb_to_hsv(x)
+            x = _hsv_to_rgb(torch.remainder(h + f[:, 0], 1.0), s, v)
+    return x
+
+
+@dataclass(frozen=True)
+class DeviceTransform:
+    """The ImageNet transforms of :func:`imagenet_transforms`, on decoded ``uint8 [3, H, W]`` images on a device.
+
+    ``train``: RandomResizedCrop(size) (antialiased bilinear) + flip + ColorJitter(``jitter``) + normalise (+ cutout);
+    otherwise Resize(``resize``, shorter side) + CenterCrop(size) + normalise (the PIL path's eval transform).
+    Differences from the per-image PIL path: the four jitter ops run in one random order per batch (torchvision:
+    per image), in float (PIL: rounded to uint8 after each op).
+    """
+
+    size: int
+    resize: int
+    train: bool
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.2)
+    cutout: int = 0
+
+    def __call__(self, images: Sequence[torch.Tensor], g_host: torch.Generator, g_dev: torch.Generator
+                 ) -> torch.Tensor:
+        """Normalised float32 ``[B, 3, size, size]`` on the images' device; crop boxes drawn with ``g_host`` (CPU),
+        flips, jitter and cutout with ``g_dev`` (the device's)."""
+        dev = images[0].device
+        S = self.size
+        if self.train:
+            hw = torch.tensor([img.shape[-2:] for img in images], dtype=torch.int64)
+            boxes = random_resized_crop_boxes(hw, g_host).tolist()
+            out = [TF.resized_crop(img, t, l, h, w, [S, S], antialias=True)
+                   for img, (t, l, h, w) in zip(images, boxes)]
+        else:
+            out = [TF.center_crop(TF.resize(img, self.resize, antialias=True), [S, S]) for img in images]
+        x = torch.stack(out).float().div_(255.0)
+        B = x.shape[0]
+        if self.train:
+            flip = torch.rand(B, generator=g_dev, device=dev) < 0.5
+            x = torch.where(flip[:, None, None, None], x.flip(3), x)
+            b, c, s, h = self.jitter
+            lo = torch.tensor([max(0.0, 1 - b), max(0.0, 1 - c), max(0.0, 1 - s), -h], device=dev)
+            hi = torch.tensor([1 + b, 1 + c, 1 + s, h], device=dev)
+            factors = lo + (hi - lo) * torch.rand(B, 4, generator=g_dev, device=dev)
+            order = torch.randperm(4, generator=g_host).tolist()
+            x = color_jitter_batch(x, factors, order)
+        mean = torch.tensor(self.mean, device=dev).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=dev).view(1, 3, 1, 1)
+        x = (x - mean) / std
+        if self.train and self.cutout > 0:
+            x = cutout_batch(x, self.cutout, g_dev)
+        return x
+
+
+def imagenet_device_transforms(cfg: DataConfig) -> tuple[DeviceTransform, DeviceTransform]:
+    """(train, eval) :class:`DeviceTransform` matching :func:`imagenet_transforms` of ``cfg``."""
+    size = cfg.resolved_image_size
+    mean, std = MEAN_STD["imagenet"]
+    resize = round(size / 0.875)
+    return (DeviceTransform(size, resize, cfg.augment, mean, std, cutout=cfg.cutout),
+            DeviceTransform(size, resize, False, mean, std))
+
+
+class DecodeLoader:
+    """Batches decoded and transformed on ``device``: a :class:`StreamLoader` over :class:`EncodedImageDataset`
+    (workers read file bytes) followed by :func:`decode_images` and a :class:`DeviceTransform`.
+
+    Yields ``(x float32 [B, 3, size, size] normalised, y int64 [B])`` on ``device``.  The augmentation draws from
+    two generators seeded per pass like :class:`TensorLoader` (the torch global RNG, or ``(seed, epoch, rank)``
+    when sharded).
+    """
+
+    def __init__(self, stream: StreamLoader, transform: DeviceTransform, device: torch.device | str, seed: int = 0):
+        self.stream, self.transform, self.device = stream, transform, torch.device(device)
+        self.seed = int(seed)
+        self.epoch: Optional[int] = None
+        self._passes = 0
+
+    @property
+    def loader(self) -> DataLoader:
+        return self.stream.loader
+
+    @property
+    def dataset(self):
+        return self.stream.dataset
+
+    @property
+    def num_samples(self) -> int:
+        return self.stream.num_samples
+
+    @property
+    def world_size(self) -> int:
+        return self.stream.world_size
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        self.stream.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.stream)
+
+    def _seed(self) -> int:
+        if self.stream.world_size > 1 or self.epoch is not None:
+            epoch = self.epoch if self.epoch is not None else self._passes
+            key = f"{self.seed}:{epoch}:decode:{self.stream.rank}".encode()
+            return int.from_bytes(hashlib.sha256(key).digest()[:7], "little")
+        return _draw_seed()
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        seed = self._seed()
+        self._passes += 1
+        g_host = torch.Generator()
+        g_host.manual_seed(seed)
+        g_dev = torch.Generator(device=self.device)
+        g_dev.manual_seed(seed ^ 0x5DEECE66D)
+        for data, y in self.stream:
+            x = self.transform(decode_images(data, self.device), g_host, g_dev)
+            yield x, y.to(self.device, non_blocking=True)
+
+
 # ------------------------------------------------------------------------------------------------------ loaders
 @dataclass
 class Loaders:
@@ -795,7 +1059,8 @@ class Loaders:
     valid_size: int = 0
 
 
-def _stream_loaders(cfg: DataConfig, split: str, seed: int, rank: int, world_size: int) -> Loaders:
+def _stream_loaders(cfg: DataConfig, split: str, seed: int, rank: int, world_size: int,
+                    device: Optional[torch.device | str] = None) -> Loaders:
 
     size = cfg.resolved_image_size
     if cfg.dataset == "imagenet":
@@ -816,22 +1081,30 @@ def _stream_loaders(cfg: DataConfig, split: str, seed: int, rank: int, world_siz
         source = ImageSource(root)
         train_items, test_items = _folder_items(cfg, source)
         folder = source.folder()
-        train_ds = ImageListDataset(folder, train_items, tf_train)
-        test_ds = ImageListDataset(folder, test_items, tf_eval)
+        if cfg.decode == "gpu":  # the workers read bytes; decode and transforms run in DecodeLoader on the device
+            train_ds, test_ds = EncodedImageDataset(folder, train_items), EncodedImageDataset(folder, test_items)
+        else:
+            train_ds = ImageListDataset(folder, train_items, tf_train)
+            test_ds = ImageListDataset(folder, test_items, tf_eval)
         classes = source.classes
     n_classes = FIXED_CLASSES.get(cfg.dataset, len(classes))
+    dt_train, dt_eval = imagenet_device_transforms(cfg) if cfg.decode == "gpu" else (None, None)
 
-    def mk(ds, shuffle: bool, bs: int, shard: bool, drop_last: bool) -> StreamLoader:
-        return StreamLoader(ds, batch_size=bs, shuffle=shuffle, num_workers=cfg.num_workers, drop_last=drop_last,
-                            rank=rank if shard else 0, world_size=world_size if shard else 1, seed=seed)
+    def mk(ds, shuffle: bool, bs: int, shard: bool, drop_last: bool, dt: Optional[DeviceTransform]):
+        loader = StreamLoader(ds, batch_size=bs, shuffle=shuffle, num_workers=cfg.num_workers, drop_last=drop_last,
+                              rank=rank if shard else 0, world_size=world_size if shard else 1, seed=seed,
+                              collate_fn=collate_encoded if dt is not None else None)
+        if dt is None:
+            return loader
+        return DecodeLoader(loader, dt, device if device is not None else "cpu", seed=seed)
 
     if split == "search":
         a, b = search_split(len(train_ds), cfg.train_portion, cfg.split_seed)
-        tr = mk(Subset(train_ds, a.tolist()), True, cfg.batch_size, True, cfg.drop_last)
-        va = mk(Subset(train_ds, b.tolist()), True, cfg.batch_size, False, cfg.drop_last)
+        tr = mk(Subset(train_ds, a.tolist()), True, cfg.batch_size, True, cfg.drop_last, dt_train)
+        va = mk(Subset(train_ds, b.tolist()), True, cfg.batch_size, False, cfg.drop_last, dt_train)
         return Loaders(tr, va, n_classes, 3, size, cfg.dataset, tuple(classes), len(a), len(b))
-    tr = mk(train_ds, True, cfg.batch_size, True, cfg.drop_last)
-    va = mk(test_ds, False, cfg.eval_batch_size, False, False)
+    tr = mk(train_ds, True, cfg.batch_size, True, cfg.drop_last, dt_train)
+    va = mk(test_ds, False, cfg.eval_batch_size, False, False, dt_eval)
     return Loaders(tr, va, n_classes, 3, size, cfg.dataset, tuple(classes), len(train_ds), len(test_ds))
 
 
@@ -843,7 +1116,7 @@ def get_loaders(cfg: DataConfig, split: str = "train", seed: int = 0, *, rank: i
     shuffled and augmented (as DARTS / ISTA-NAS do).  ``split="train"``: ``train`` = the training set (shuffled,
     augmented), ``valid`` = the test set (in order, no augmentation, ``eval_batch_size``).  ``rank``/``world_size``
     shard the train loader (each rank an equal share of one permutation).  ``device``: where in-memory images live
-    and are augmented (default CPU).  ``seed`` seeds sharded shuffles; splits and subsets use ``cfg.split_seed``.
+    and are augmented, and where ``decode: gpu`` decodes and augments (default CPU; see ``cfg.on_device``).  ``seed`` seeds sharded shuffles; splits and subsets use ``cfg.split_seed``.
     """
     cfg.validate()
     if split not in SPLITS:
@@ -851,7 +1124,7 @@ def get_loaders(cfg: DataConfig, split: str = "train", seed: int = 0, *, rank: i
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"rank/world_size: need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
     if not cfg.resolved_in_memory:
-        return _stream_loaders(cfg, split, seed, rank, world_size)
+        return _stream_loaders(cfg, split, seed, rank, world_size, device)
     arr = load_arrays(cfg)
     if len(arr.y_train) == 0 or len(arr.y_test) == 0:
         raise ValueError(f"data: {cfg.dataset} gave {len(arr.y_train)} training and {len(arr.y_test)} test images")

@@ -56,7 +56,7 @@ def task_data(cfg: Any, split: str, loaders: Optional[Loaders] = None, device: O
     **kw)`` unless given; in-memory data is put on the device)."""
     dev = device if device is not None else resolve_device(cfg.device)
     if loaders is None:
-        loaders = get_loaders(cfg.data, split, seed=cfg.seed, device=dev if cfg.data.resolved_in_memory else None,
+        loaders = get_loaders(cfg.data, split, seed=cfg.seed, device=dev if cfg.data.on_device else None,
                               **kw)
     return dev, loaders
 

@@ -263,7 +263,7 @@ def train_loop_per_worker(config: dict, before_report: Optional[BeforeReport] = 
     scfg.validate()
 
     hooks = TorchDistHooks(device, rank, world, record=bool(cfg.record_dir))
-    in_mem = scfg.data.resolved_in_memory
+    in_mem = scfg.data.on_device  # in-memory data, or decode: gpu, is made on the device
     # the one-stage search trains W and b on the whole training set (sharded); "valid" is the test set
     data = get_loaders(scfg.data, "train", seed=scfg.seed, rank=rank, world_size=world,
                        device=device if in_mem else None)

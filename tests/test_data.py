@@ -1,6 +1,7 @@
 """Data pipeline: real datasets, splits, batched augmentation, resume-exact randomness, sharding, bad configs."""
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import zipfile
@@ -8,6 +9,7 @@ import zipfile
 import numpy as np
 import pytest
 import torch
+import torchvision.transforms as T
 
 from istanas.config import ConfigError, load_config
 from istanas.data import (Augment, DataConfig, ImageSource, TensorLoader, augment_batch, cutout_batch, get_loaders,
@@ -279,6 +281,104 @@ def test_shared_imagenette_zip_streaming(shared_file):
     assert ImageSource(path).splits.keys() == {"val"}
 
 
+# --------------------------------------------------------------------------------- decode: gpu (device decode)
+def _write_jpegs(root: str, sizes, quality: int = 90) -> None:
+    """Smooth RGB JPEGs (plus one greyscale) of the given (h, w) sizes under ``root/val/n0{c}/`` (2 classes)."""
+    from PIL import Image
+
+    for k, (h, w) in enumerate(sizes):
+        d = os.path.join(root, "val", f"n0{k % 2}")
+        os.makedirs(d, exist_ok=True)
+        yy, xx = np.mgrid[0:h, 0:w]
+        img = np.stack([np.sin(xx / 7 + k) * 120 + 128, np.cos(yy / 5 + k) * 120 + 128, (xx * 3 + yy) % 256], -1)
+        pil = Image.fromarray(img.astype(np.uint8))
+        (pil.convert("L") if k == 1 else pil).save(os.path.join(d, f"{k}.JPEG"), quality=quality)
+
+
+def test_gpu_decode_path_matches_pil_for_the_eval_transform(tmp_path, monkeypatch):
+    """``decode: gpu`` on the CPU: decode_jpeg gives PIL's pixels exactly (both libjpeg-turbo), and after
+    Resize(size / 0.875) + CenterCrop(size) + normalise the batch is within 1 grey level of the PIL path's
+    (antialiased bilinear in float vs PIL's fixed-point resampler; nvJPEG on CUDA is not bit-exact either)."""
+    from PIL import Image
+
+    from istanas.data import DecodeLoader, decode_images
+
+    monkeypatch.setenv("ISTANAS_CACHE", str(tmp_path / "cache"))
+    root = str(tmp_path / "imgs")
+    _write_jpegs(root, [(97, 130), (64, 64), (150, 83), (40, 201), (120, 120), (33, 47)])
+    base = dict(dataset="imagenet", root=root, holdout_fraction=0.5, image_size=24, eval_batch_size=8)
+    pil = get_loaders(DataConfig(**base), "train")
+    dev = get_loaders(DataConfig(**base, decode="gpu"), "train", device="cpu")
+    assert isinstance(dev.valid, DecodeLoader) and isinstance(dev.train, DecodeLoader)
+    (x1, y1), (x2, y2) = next(iter(pil.valid)), next(iter(dev.valid))
+    assert torch.equal(y1, y2) and x1.shape == x2.shape == (4, 3, 24, 24)
+    std = torch.tensor((0.229, 0.224, 0.225)).view(1, 3, 1, 1)
+    levels = ((x1 - x2) * std * 255).abs()
+    assert levels.max() <= 1.01 and levels.mean() < 0.5
+    for f in sorted(os.listdir(os.path.join(root, "val", "n01"))):  # the decode itself is exact (incl. greyscale)
+        path = os.path.join(root, "val", "n01", f)
+        got = decode_images([torch.frombuffer(bytearray(open(path, "rb").read()), dtype=torch.uint8)], "cpu")[0]
+        ref = np.asarray(Image.open(path).convert("RGB")).transpose(2, 0, 1)
+        assert np.array_equal(got.numpy(), ref)
+
+
+def test_gpu_decode_train_batches_are_augmented_and_resume_exact(tmp_path, monkeypatch):
+    from istanas.data import DecodeLoader, StreamLoader, collate_encoded
+
+    monkeypatch.setenv("ISTANAS_CACHE", str(tmp_path / "cache"))
+    root = str(tmp_path / "imgs")
+    _write_jpegs(root, [(60, 80), (72, 50), (64, 64), (90, 45), (50, 70), (80, 80), (66, 99), (45, 45)])
+    cfg = DataConfig(dataset="imagenet", root=root, holdout_fraction=0.25, image_size=16, batch_size=3,
+                     decode="gpu")
+    L = get_loaders(cfg, "train", device="cpu")
+    torch.manual_seed(3)
+    a = _collect(L.train)
+    torch.manual_seed(3)
+    b = _collect(L.train)
+    c = _collect(L.train)
+    assert a[0].shape == (6, 3, 16, 16) and torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert not torch.equal(a[0], c[0])
+    # in a fixed order, a new pass draws new crops, flips and jitter (the same images, other pixels)
+    fixed = DecodeLoader(StreamLoader(L.train.dataset, batch_size=3, shuffle=False, num_workers=0, drop_last=False,
+                                      collate_fn=collate_encoded), L.train.transform, "cpu")
+    p1, p2 = _collect(fixed), _collect(fixed)
+    assert torch.equal(p1[1], p2[1]) and not torch.equal(p1[0], p2[0])
+    ev = _collect(get_loaders(dataclasses.replace(cfg, augment=False), "train", device="cpu").train)[0]
+    assert not torch.allclose(a[0].sort(0).values, ev.sort(0).values)  # augmentation did something
+
+
+def test_random_resized_crop_boxes_follow_torchvision_rule():
+    from istanas.data import random_resized_crop_boxes
+
+    g = torch.Generator().manual_seed(0)
+    hw = torch.tensor([[100, 200], [300, 120], [1000, 10], [10, 1000], [64, 64]] * 40)
+    t, l, h, w = random_resized_crop_boxes(hw, g).unbind(1)
+    H, W = hw.unbind(1)
+    assert bool(((t >= 0) & (l >= 0) & (t + h <= H) & (l + w <= W) & (h > 0) & (w > 0)).all())
+    normal = (H * W >= 4096) & (H >= 64) & (W >= 64)
+    frac = (h * w).double() / (H * W).double()
+    assert bool((frac[normal] >= 0.07).all() and (frac[normal] <= 1.0).all())
+    r = w.double() / h.double()
+    assert bool(((r[normal] > 0.7) & (r[normal] < 1.4)).all())  # 3/4..4/3 up to rounding
+    # no attempt can fit a 1000 x 10 image: torchvision's fallback, the centre crop at aspect 3/4
+    thin = torch.tensor([T.RandomResizedCrop.get_params(torch.zeros(1, 1000, 10), (0.08, 1.0), (3 / 4, 4 / 3))])
+    assert torch.equal(torch.stack([t, l, h, w], 1)[2], thin[0]) and thin[0].tolist() == [493, 0, 13, 10]
+
+
+@pytest.mark.parametrize("op", [0, 1, 2, 3])
+def test_color_jitter_batch_matches_torchvision_per_image(op):
+    import torchvision.transforms.functional as TF
+
+    from istanas.data import color_jitter_batch
+
+    x = torch.rand(3, 3, 9, 11, generator=torch.Generator().manual_seed(op))
+    f = torch.tensor([[0.7, 0.8, 1.3, -0.15], [1.2, 1.35, 0.6, 0.05], [1.0, 0.65, 1.0, 0.2]])
+    got = color_jitter_batch(x, f, [op])
+    ref_fn = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)[op]
+    ref = torch.stack([ref_fn(x[i], float(f[i, op])) for i in range(3)])
+    assert torch.allclose(got, ref, atol=1e-5)
+
+
 def test_shared_data_dir_env(tmp_path, monkeypatch):
     monkeypatch.setenv("ISTANAS_SHARED_DATA", str(tmp_path))
     assert shared_data_dir() == str(tmp_path)
@@ -300,6 +400,8 @@ def test_shared_data_dir_env(tmp_path, monkeypatch):
     ({"dataset": "imagenet", "root": "/", "in_memory": True}, "in_memory"),
     ({"dataset": "cifar10", "root": "/nonexistent/cifar"}, "does not exist"),
     ({"image_size": 2}, "image_size"),
+    ({"decode": "nvjpeg"}, "decode must be one of"),
+    ({"decode": "gpu"}, "decode: 'gpu' is for the streamed ImageNet"),
 ])
 def test_bad_data_configs_are_rejected(kwargs, match):
     with pytest.raises(ConfigError, match=match):
