@@ -7,7 +7,8 @@ After ``Tuner.fit`` the driver hands it the trial records of the whole ``ResultG
 (:func:`orchestrator.results.select_top_k`), retrains each over ``retrain.seeds`` (:func:`retrain_one`, one task
 per (genotype, seed), cached in ``results/retrain/<digest>_seed<k>.json`` so a resumed sweep does not redo them),
 and writes the table (:mod:`orchestrator.results`), ``best_genotype.json`` and the report
-(:mod:`orchestrator.report`).
+(:mod:`orchestrator.report`).  With a NAS-Bench-201 ``table``, the cells of searches that ASHA stopped early (whose
+trial never reached its own look-up) are looked up here, after every search ended (:func:`add_benchmark`).
 """
 from __future__ import annotations
 
@@ -21,11 +22,12 @@ import torch
 from istanas.checkpoint import atomic_write_json, atomic_write_text
 from istanas.config import to_dict
 from istanas.retrain import retrain
+from spaces.nb201 import open_nb201_table
 
 from .cluster import NAMESPACE, copy_dir
 from .metrics import SweepMetrics
 from .report import write_report
-from .results import best_row, build_table, error_reason, make_record, select_top_k, write_table
+from .results import best_row, benchmark_metrics, build_table, error_reason, make_record, select_top_k, write_table
 from .sweep_config import SweepConfig, build_retrain_config, build_search_config
 
 ACTOR_PREFIX = "istanas-sweep-"
@@ -42,6 +44,23 @@ def record_from_result(result: Any) -> dict[str, Any]:
     tid = metrics.get("trial_id") or os.path.basename(str(result.path).rstrip("/")).replace("trial_", "", 1)
     status = "ERROR" if result.error is not None else "TERMINATED"
     return make_record(tid, status, result.config or {}, metrics, result.error)
+
+
+def add_benchmark(records: list[dict], sweep: SweepConfig) -> list[dict]:
+    """``records`` with the ``bench_*`` metrics of every cell not yet looked up (searches stopped early by ASHA:
+    the cell they had when stopped); the table is opened once, after the Tune run.  Their ``objective`` stays what
+    the searcher saw.  A cell that cannot be scored (not an NB201 genotype) keeps no ``bench_*`` metrics."""
+    todo = [r for r in records
+            if r["status"] != "ERROR" and r["metrics"].get("genotype") and "bench_arch" not in r["metrics"]]
+    if sweep.table is None or not todo:
+        return records
+    table = open_nb201_table(sweep.table)
+    for r in todo:
+        try:
+            r["metrics"].update(benchmark_metrics(table, r["metrics"]["genotype"]))
+        except ValueError:
+            continue
+    return records
 
 
 # ---------------------------------------------------------------------------------------------------- retrain
@@ -131,11 +150,12 @@ class SweepPostprocessor:
     def finalize(self, records: list[dict]) -> dict:
         """Retrain, aggregate, write the table, best genotype and report of the sweep's trial ``records`` (one per
         trial, from the final ``ResultGrid``); returns paths and the best trial."""
+        records = add_benchmark(records, self.cfg)
         retrains = self.retrain_top_k(records)
         df = build_table(records, retrains, self.cfg)
         os.makedirs(self.out_dir, exist_ok=True)
         csv_path, pq_path = write_table(df, self.out_dir)
-        best = best_row(df)
+        best = best_row(df, by_retrain=self.cfg.objective != "benchmark")
         best_path = None
         if best is not None and best.get("genotype"):
             best_path = os.path.join(self.out_dir, "best_genotype.json")
@@ -181,4 +201,4 @@ def create_postprocessor(sweep: SweepConfig):
 
 
 __all__ = ["SweepPostprocessor", "create_postprocessor", "actor_name", "record_from_result", "retrain_one",
-           "ACTOR_PREFIX"]
+           "add_benchmark", "ACTOR_PREFIX"]

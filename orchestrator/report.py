@@ -5,6 +5,9 @@ Written next to the results table by the post-processing actor (:func:`write_rep
 * ``report.md`` / ``report.html``: the best genotype (JSON, digest, cell pictures), the top-k table (config,
   search metrics, retrain accuracy mean +/- std over seeds, parameters, FLOPs), all trials, errors;
 * ``figures/search_vs_params.png``: the search objective against lambda, s, m_j (and epsilon, learning rates);
+* with a NAS-Bench-201 ``table``: ``figures/benchmark_vs_params.png`` (the found cell's table accuracy on
+  ``benchmark_dataset`` against each hyper-parameter, stopped-early searches included) and a section with every
+  found cell's table accuracies and percentiles on the three data sets;
 * ``figures/acc_vs_params.png``: retrain accuracy (mean +/- std) against model parameters;
 * ``figures/importances.png``: Optuna's fANOVA parameter importances of the objective (:func:`param_importances`,
   a study rebuilt from the table, so it works for resumed sweeps as well);
@@ -23,7 +26,9 @@ import spaces.plot as sp
 from istanas.checkpoint import atomic_write_text
 from spaces.registry import load_genotype
 
-from .results import best_row
+from spaces.nb201 import TABLE_DATASETS
+
+from .results import bench_acc_column, bench_pct_column, best_row
 from .sweep_config import INT_PARAMS, SweepConfig
 
 FIG_DIR = "figures"
@@ -108,8 +113,24 @@ def _plt():
 def plot_search_vs_params(df, cfg: SweepConfig, path: str) -> Optional[str]:
     """Objective of every trial against each searched parameter (finished: filled, stopped early: hollow,
     retrained: red)."""
+    return _plot_vs_params(df, cfg, path, "objective", f"search {cfg.objective}",
+                           f"sweep {cfg.name}: search objective against the hyper-parameters")
+
+
+def plot_benchmark_vs_params(df, cfg: SweepConfig, path: str) -> Optional[str]:
+    """NAS-Bench-201 table accuracy (``benchmark_dataset``) of every trial's found cell against each searched
+    parameter (as :func:`plot_search_vs_params`; stopped-early searches with the cell they had when stopped)."""
+    col = bench_acc_column(cfg.benchmark_dataset)
+    if col not in df.columns:
+        return None
+    return _plot_vs_params(df, cfg, path, col, f"NAS-Bench-201 {cfg.benchmark_dataset} acc (%)",
+                           f"sweep {cfg.name}: found cell's table accuracy against the hyper-parameters")
+
+
+def _plot_vs_params(df, cfg: SweepConfig, path: str, column: str, ylabel: str, title: str) -> Optional[str]:
+    """``column`` of every trial that did not fail against each searched parameter, one panel each."""
     params = [p for p in cfg.tune_param_names() if f"config/{p}" in df.columns and df[f"config/{p}"].notna().any()]
-    ok = df[(df["status"] != "ERROR") & df["objective"].notna()]
+    ok = df[(df["status"] != "ERROR") & df[column].notna()]
     if not params or not len(ok):
         return None
     plt = _plt()
@@ -119,7 +140,7 @@ def plot_search_vs_params(df, cfg: SweepConfig, path: str) -> Optional[str]:
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
     for ax, p in zip(axes.flat, params):
         x = ok[f"config/{p}"].astype(float)
-        y = ok["objective"].astype(float)
+        y = ok[column].astype(float)
         done = ok["search_done"].astype(bool)
         retr = ok["retrained"].astype(bool)
         ax.scatter(x[done & ~retr], y[done & ~retr], c="tab:blue", s=28, label="finished")
@@ -131,12 +152,12 @@ def plot_search_vs_params(df, cfg: SweepConfig, path: str) -> Optional[str]:
             ax.set_xscale("log")
             ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel({"lam": "lambda", "s": "s (support per node)", "m": "m_j (all nodes)"}.get(p, p))
-        ax.set_ylabel(f"search {cfg.objective}")
+        ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7)
-    fig.suptitle(f"sweep {cfg.name}: search objective against the hyper-parameters")
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -237,6 +258,48 @@ def _html_table(headers: list[str], rows: list[list[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _mean_std(xs: list[float]) -> str:
+    if not xs:
+        return "-"
+    mu = sum(xs) / len(xs)
+    sd = math.sqrt(sum((x - mu) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else float("nan")
+    return f"{mu:.2f}" + (f" +/- {sd:.2f}" if not math.isnan(sd) else "") + f" (n = {len(xs)})"
+
+
+def benchmark_section(df, cfg: SweepConfig) -> tuple[list[str], list[str], list[list[str]]]:
+    """(summary lines, headers, rows) of the found cells on NAS-Bench-201: one row per distinct cell (best
+    table accuracy on ``benchmark_dataset`` first) with its trials, the three table accuracies and percentiles and
+    the best search ``val_acc`` of its trials; ``([], [], [])`` without ``bench_*`` columns."""
+    if "bench_arch" not in df.columns:
+        return [], [], []
+    acc_col = bench_acc_column(cfg.benchmark_dataset)
+    found = df[(df["status"] != "ERROR") & df["bench_arch"].notna()]
+    done = found[found["search_done"].astype(bool)]
+    scored = [float(v) for v in done[acc_col] if isinstance(v, float) and not math.isnan(v)]
+    cells = found["bench_table_cells"].dropna() if "bench_table_cells" in found.columns else []
+    lines = [f"table `{cfg.table}`" + (f" ({int(cells.iloc[0])} cells)" if len(cells) else "") +
+             f"; ranking data set `{cfg.benchmark_dataset}`",
+             f"{cfg.benchmark_dataset} table accuracy of the cells of the {len(done)} finished searches: "
+             f"{_mean_std(scored)}" + (f", best {max(scored):.2f}" if scored else ""),
+             f"{int(found['bench_arch'].nunique())} distinct cells found; "
+             f"{int((found['bench_in_table'] == 0).sum())} trial(s) with a cell the table lacks"]
+    headers = ["cell (arch)", "trials", "finished"]
+    for d in TABLE_DATASETS:
+        headers += [f"{d} acc", f"{d} pct"]
+    headers.append("best search val_acc")
+    rows = []
+    groups = sorted(found.groupby("bench_arch", sort=False),
+                    key=lambda kv: -(kv[1][acc_col].max() if kv[1][acc_col].notna().any() else -math.inf))
+    for arch, g in groups:
+        first = g.iloc[0]
+        row = [str(arch), ", ".join(str(t) for t in g["trial_id"]), str(int(g["search_done"].astype(bool).sum()))]
+        for d in TABLE_DATASETS:
+            row += [_fmt(first[bench_acc_column(d)], 2), _fmt(first[bench_pct_column(d)], 1)]
+        row.append(_fmt(g["val_acc"].max() if g["val_acc"].notna().any() else None))
+        rows.append(row)
+    return lines, headers, rows
+
+
 def write_report(df, out_dir: str, cfg: SweepConfig) -> tuple[str, str]:
     """Write ``report.md``, ``report.html`` and the figures under ``out_dir``; returns the two report paths."""
     figs = os.path.join(out_dir, FIG_DIR)
@@ -246,6 +309,8 @@ def write_report(df, out_dir: str, cfg: SweepConfig) -> tuple[str, str]:
     images: list[tuple[str, str]] = []
     for title, fn in (("Search objective against the hyper-parameters",
                        lambda: plot_search_vs_params(df, cfg, os.path.join(figs, "search_vs_params.png"))),
+                      ("NAS-Bench-201 table accuracy of the found cell against the hyper-parameters",
+                       lambda: plot_benchmark_vs_params(df, cfg, os.path.join(figs, "benchmark_vs_params.png"))),
                       ("Retrain accuracy against parameters",
                        lambda: plot_acc_vs_params(df, os.path.join(figs, "acc_vs_params.png"))),
                       ("Optuna parameter importances",
@@ -257,7 +322,10 @@ def write_report(df, out_dir: str, cfg: SweepConfig) -> tuple[str, str]:
         if p:
             images.append((title, os.path.relpath(p, out_dir)))
 
-    best = best_row(df)
+    best = best_row(df, by_retrain=cfg.objective != "benchmark")
+    bench_lines, bench_headers, bench_rows = benchmark_section(df, cfg)
+    acc_col = bench_acc_column(cfg.benchmark_dataset)
+    bench = bool(bench_headers)
     n = len(df)
     n_err = int((df["status"] == "ERROR").sum()) if n else 0
     n_stop = int(df["stopped_early"].sum()) if n else 0
@@ -273,17 +341,23 @@ def write_report(df, out_dir: str, cfg: SweepConfig) -> tuple[str, str]:
         pics = plot_cells(row["genotype"], os.path.join(figs, "cells"), row["genotype_digest"])
         cells.append((row["genotype_digest"], [os.path.relpath(p, out_dir) for p in pics]))
 
-    top_headers = ["rank", "trial", *params, "objective", "val_acc", "retrain acc", "params (M)", "FLOPs (M)",
-                   "genotype"]
+    bench_h = [f"table {cfg.benchmark_dataset} acc", "pct"] if bench else []
+
+    def bench_cells(row) -> list[str]:
+        return [_fmt(row[acc_col], 2), _fmt(row[bench_pct_column(cfg.benchmark_dataset)], 1)] if bench else []
+
+    top_headers = ["rank", "trial", *params, "objective", "val_acc", *bench_h, "retrain acc", "params (M)",
+                   "FLOPs (M)", "genotype"]
     top_rows = []
     for _, row in df[df["unique_rank"].notna()].sort_values("unique_rank").iterrows():
         top_rows.append([_fmt(int(row["unique_rank"])), row["trial_id"],
                          *[_fmt(row.get(f"config/{p}")) for p in params], _fmt(row["objective"]),
-                         _fmt(row["val_acc"]), _acc(row), _fmt(row["params_m"], 3), _fmt(row["flops_m"], 1),
-                         str(row["genotype_digest"])])
-    all_headers = ["trial", "status", *params, "objective", "epochs", "genotype", "duplicate of", "error"]
+                         _fmt(row["val_acc"]), *bench_cells(row), _acc(row), _fmt(row["params_m"], 3),
+                         _fmt(row["flops_m"], 1), str(row["genotype_digest"])])
+    all_headers = ["trial", "status", *params, "objective", *bench_h, "epochs", "genotype", "duplicate of",
+                   "error"]
     all_rows = [[row["trial_id"], row["status"] + (" (stopped early)" if row["stopped_early"] else ""),
-                 *[_fmt(row.get(f"config/{p}")) for p in params], _fmt(row["objective"]),
+                 *[_fmt(row.get(f"config/{p}")) for p in params], _fmt(row["objective"]), *bench_cells(row),
                  _fmt(row["search_epochs"]), _fmt(row["genotype_digest"]), _fmt(row["duplicate_of"]),
                  _fmt(row["error"])] for _, row in df.iterrows()]
 
@@ -291,8 +365,12 @@ def write_report(df, out_dir: str, cfg: SweepConfig) -> tuple[str, str]:
     hb = [f"<h1>ISTA-NAS sweep report: {html.escape(cfg.name)}</h1>", "<ul>"] + \
          [f"<li>{html.escape(h)}</li>" for h in header] + ["</ul>"]
     if best is not None:
+        accs = ", ".join(f"{d} {_fmt(best.get(bench_acc_column(d)), 2)} % (percentile "
+                         f"{_fmt(best.get(bench_pct_column(d)), 1)})" for d in TABLE_DATASETS)
+        cell = best.get("bench_arch") if bench else None
         md += ["## Best genotype", "", f"- trial `{best['trial_id']}`, digest `{best['genotype_digest']}`",
                f"- search objective {_fmt(best['objective'])}, retrain accuracy {_acc(best)}",
+               *([f"- NAS-Bench-201 cell `{cell}`: {accs}"] if cell else []),
                f"- parameters {_fmt(best['params_m'], 3)} M, FLOPs {_fmt(best['flops_m'], 1)} M", "",
                "```json", str(best["genotype"]), "```", ""]
         hb += ["<h2>Best genotype</h2>",
@@ -300,7 +378,14 @@ def write_report(df, out_dir: str, cfg: SweepConfig) -> tuple[str, str]:
                f"<code>{html.escape(str(best['genotype_digest']))}</code>; search objective "
                f"{_fmt(best['objective'])}; retrain accuracy {html.escape(_acc(best))}; "
                f"{_fmt(best['params_m'], 3)} M parameters, {_fmt(best['flops_m'], 1)} M FLOPs</p>",
+               *([f"<p>NAS-Bench-201 cell <code>{html.escape(str(cell))}</code>: {html.escape(accs)}</p>"]
+                 if cell else []),
                f"<pre>{html.escape(str(best['genotype']))}</pre>"]
+    if bench:
+        md += ["## Found cells on NAS-Bench-201 (table accuracy %, percentile in the table)", "",
+               *[f"- {ln}" for ln in bench_lines], "", _md_table(bench_headers, bench_rows), ""]
+        hb += ["<h2>Found cells on NAS-Bench-201 (table accuracy %, percentile in the table)</h2>", "<ul>"] + \
+              [f"<li>{html.escape(ln)}</li>" for ln in bench_lines] + ["</ul>", _html_table(bench_headers, bench_rows)]
     md += ["## Top genotypes (distinct, by search objective)", "", _md_table(top_headers, top_rows), ""]
     hb += ["<h2>Top genotypes (distinct, by search objective)</h2>", _html_table(top_headers, top_rows)]
     if cells:

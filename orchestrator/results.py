@@ -4,6 +4,8 @@ A trial record (:func:`make_record`) is what one Tune trial left: its sampled co
 error.  :func:`dedupe` / :func:`select_top_k` rank distinct genotypes (finished searches first, then those ASHA
 stopped early); :func:`build_table` joins records and retraining runs into one row per trial, written by
 :func:`write_table` as ``sweep_results.csv`` / ``.parquet``; :func:`best_row` is the sweep's best trial.
+:func:`benchmark_metrics` turns a found NAS-Bench-201 cell's table entry (:meth:`spaces.nb201.NB201Table.lookup`)
+into the flat ``bench_*`` metrics / columns (:data:`BENCH_COLUMNS`).
 """
 from __future__ import annotations
 
@@ -16,11 +18,31 @@ from typing import Any, Iterable, Mapping, Optional
 import pandas as pd
 
 from istanas.checkpoint import atomic_write_bytes, atomic_write_text
+from spaces.genotype import NB201Genotype
+from spaces.nb201 import TABLE_DATASETS, NB201Table
+from spaces.registry import load_genotype
 
 from .sweep_config import SweepConfig
 
 TABLE_NAME = "sweep_results"
 SEARCH_METRICS = ("val_acc", "val_loss", "train_acc", "train_loss", "support_churn")
+#: NAS-Bench-201 data set -> the suffix of its ``bench_acc_*`` / ``bench_pct_*`` columns.
+BENCH_SUFFIX = {"cifar10": "cifar10", "cifar100": "cifar100", "ImageNet16-120": "imagenet16_120"}
+
+
+def bench_acc_column(dataset: str) -> str:
+    """Column of the table accuracy (percent) on ``dataset`` (``"cifar10"`` -> ``bench_acc_cifar10``)."""
+    return f"bench_acc_{BENCH_SUFFIX[dataset]}"
+
+
+def bench_pct_column(dataset: str) -> str:
+    """Column of the percentile (0..100: percent of the table's cells with a lower accuracy) on ``dataset``."""
+    return f"bench_pct_{BENCH_SUFFIX[dataset]}"
+
+
+#: The ``bench_*`` metrics of a trial whose found cell was looked up in the NAS-Bench-201 table.
+BENCH_COLUMNS = ("bench_arch", "bench_in_table", "bench_table_cells",
+                 *[bench_acc_column(d) for d in TABLE_DATASETS], *[bench_pct_column(d) for d in TABLE_DATASETS])
 
 
 # ----------------------------------------------------------------------------------------------------- records
@@ -76,6 +98,25 @@ def make_record(trial_id: str, status: str, config: Mapping[str, Any], metrics: 
     return {"trial_id": str(trial_id), "status": str(status), "config": _clean_config(config), "metrics": m,
             "error": error_reason(error) if error is not None and not isinstance(error, str) else error,
             "search_done": done}
+
+
+def benchmark_metrics(table: NB201Table, genotype: Any) -> dict[str, Any]:
+    """A found NAS-Bench-201 cell's table entry as flat metrics (call it after the search ended): ``bench_arch``
+    (arch string), ``bench_in_table`` (0/1), ``bench_table_cells``, ``bench_acc_<data set>`` (percent) and
+    ``bench_pct_<data set>`` (0..100) for the three data sets; NaN where the table lacks the cell (NASLib's JSON
+    holds 725 of the 15,625).  ``genotype``: an :class:`spaces.genotype.NB201Genotype`, its JSON or arch string;
+    a DARTS genotype raises ``ValueError``."""
+    g = load_genotype(genotype)
+    if not isinstance(g, NB201Genotype):
+        raise ValueError(f"genotype: the NAS-Bench-201 table scores nb201 cells, got a {g.space} genotype")
+    arch = g.to_arch_str()
+    out: dict[str, Any] = {"bench_arch": arch, "bench_in_table": int(arch in table), "bench_table_cells": len(table)}
+    rec = table.lookup(arch) if arch in table else {}
+    for d in TABLE_DATASETS:
+        acc, pct = rec.get(d), (rec.get("percentile") or {}).get(d)
+        out[bench_acc_column(d)] = float(acc) if acc is not None else float("nan")
+        out[bench_pct_column(d)] = float(pct) if pct is not None else float("nan")
+    return out
 
 
 # --------------------------------------------------------------------------------------------------- selection
@@ -156,7 +197,9 @@ def build_table(records: Iterable[Mapping[str, Any]], retrains: Mapping[str, lis
 
     Columns: ``trial_id, status, search_done, stopped_early, error``; ``config/<param>``; ``genotype_digest,
     genotype, duplicate_of, unique_rank``; ``objective`` and the search metrics, ``search_epochs``, ``search_time_s`` (Tune's time of the trial),
-    ``search_session_s`` (time inside the search function, last session); ``retrained, retrain_acc_mean,
+    ``search_session_s`` (time inside the search function, last session); with a NAS-Bench-201 ``table`` (or
+    when a record has them) the :data:`BENCH_COLUMNS` (the found cell's table accuracies and percentiles);
+    ``retrained, retrain_acc_mean,
     retrain_acc_std, retrain_seeds, retrain_accs, retrain_errors, params_m, flops_m``; ``search_cpu_hours,
     search_gpu_hours, retrain_cpu_hours, retrain_gpu_hours, cpu_hours, gpu_hours`` (resources x wall time;
     a genotype's retraining is counted once, on its representative's row)."""
@@ -165,6 +208,7 @@ def build_table(records: Iterable[Mapping[str, Any]], retrains: Mapping[str, lis
     rank = {r["trial_id"]: i + 1 for i, r in enumerate(reps)}
     res_t, res_r = sweep.resources_per_trial, sweep.retrain.resources
     params = sweep.tune_param_names()
+    bench = sweep.table is not None or any("bench_arch" in r["metrics"] for r in records)
     rows = []
     for rec in records:
         m = rec["metrics"]
@@ -186,6 +230,11 @@ def build_table(records: Iterable[Mapping[str, Any]], retrains: Mapping[str, lis
         for k in ("tenas_score", "tenas_ntk_cond", "tenas_linear_regions"):
             if k in m:
                 row[k] = float(m[k])
+        if bench:
+            for k in BENCH_COLUMNS:
+                v = m.get(k)
+                row[k] = (v or None) if k == "bench_arch" else (float(v) if isinstance(v, (int, float))
+                                                                else float("nan"))
         row["search_epochs"] = int(m.get("epoch", 0) or 0)
         search_s = float(m.get("time_total_s", 0.0) or 0.0)
         row["search_time_s"] = search_s
@@ -231,15 +280,16 @@ def write_table(df, out_dir: str, name: str = TABLE_NAME) -> tuple[str, str]:
     return csv_path, pq_path
 
 
-def best_row(df) -> Optional[dict]:
-    """The best trial: highest retrain accuracy among retrained genotypes, else the best search objective."""
+def best_row(df, by_retrain: bool = True) -> Optional[dict]:
+    """The best trial: highest retrain accuracy among retrained genotypes (``by_retrain``), else the best search
+    objective (``by_retrain=False``: the objective only, e.g. the benchmark table's 200-epoch accuracy)."""
     if df is None or not len(df):
         return None
     ok = df[(df["status"] != "ERROR") & df["genotype_digest"].notna()]
     if not len(ok):
         return None
     retrained = ok[ok["retrained"] & ok["duplicate_of"].isna()]
-    if len(retrained):
+    if by_retrain and len(retrained):
         row = retrained.sort_values(["retrain_acc_mean", "objective"], ascending=False).iloc[0]
     else:
         row = ok.sort_values("objective", ascending=False).iloc[0]
@@ -247,4 +297,5 @@ def best_row(df) -> Optional[dict]:
 
 
 __all__ = ["scalar_metrics", "make_record", "error_reason", "candidates", "dedupe", "select_top_k", "summarize_retrains",
-           "build_table", "write_table", "best_row", "TABLE_NAME", "SEARCH_METRICS"]
+           "build_table", "write_table", "best_row", "benchmark_metrics", "bench_acc_column", "bench_pct_column",
+           "TABLE_NAME", "SEARCH_METRICS", "BENCH_COLUMNS", "BENCH_SUFFIX"]

@@ -17,6 +17,12 @@ searched).  :func:`load_sweep_config` merges defaults < YAML < flags < ``key=val
 :meth:`SweepConfig.validate`, which checks every field and lets the search config validate itself with each
 parameter at each end of its range, so that bad input is rejected (``ConfigError``, a ``ValueError``) before
 ``ray.init``.
+
+``search_space: nb201`` searches NAS-Bench-201 cells (the method's config gets ``space: nb201``; its node sizes are
+the method's own).  ``objective: benchmark`` scores a trial by the NAS-Bench-201 table (``table: PATH``,
+:func:`spaces.nb201.open_nb201_table`) accuracy on ``benchmark_dataset`` of the cell its search found, looked up
+after the search ended (the search never reads the table); ASHA still schedules on the search's ``val_acc``.  The
+table is format-checked (:func:`spaces.nb201.check_nb201_table`, no accuracy read) before Ray starts.
 """
 from __future__ import annotations
 
@@ -32,8 +38,9 @@ from istanas.methods import METHODS, Method, get_method, sweepable
 from istanas.retrain import RetrainConfig
 from istanas.search import check_runtime
 from istanas.tenas.job import TenasConfig
+from spaces.nb201 import TABLE_DATASETS, check_nb201_table
 
-OBJECTIVES = ("val_acc", "tenas")
+OBJECTIVES = ("val_acc", "tenas", "benchmark")
 SPACE_PARAMS = ("lam", "s", "m", "epsilon", "lr", "arch_lr")
 INT_PARAMS = ("s", "m")
 LOG_DEFAULT = {"lam": True, "lr": True, "arch_lr": True, "s": False, "m": False, "epsilon": False}
@@ -184,7 +191,11 @@ class SweepConfig(RayClusterConfig, StoragePathMixin):
     (dotted ``TwoStageConfig`` keys) give the base search config that the sampled values override.
     ``objective``: ``val_acc`` (validation accuracy at the end of search) or ``tenas`` (TE-NAS score of the found
     genotype: log(linear regions) - log(NTK condition number), higher is better; ``tenas`` holds
-    ``TenasConfig`` overrides).  ``points_to_evaluate``: configs Optuna tries first.  ``results_dir``: where the
+    ``TenasConfig`` overrides) or ``benchmark`` (with ``search_space: nb201``: the NAS-Bench-201 ``table``'s
+    accuracy, percent, on ``benchmark_dataset`` of the found cell, looked up when the search ended; ASHA still
+    stops trials on the search's ``val_acc``).  ``table``: the NAS-Bench-201 table (``nasbench201_full.csv`` or
+    NASLib's ``zc_nasbench201.json``; made absolute), also given with another objective on nb201: every found
+    cell's table accuracies and percentiles are then columns of the results.  ``points_to_evaluate``: configs Optuna tries first.  ``results_dir``: where the
     table and report go (default ``storage_path/name/results`` for a local storage_path, else
     ``runs/sweeps/<name>/results``, uploaded to the storage URI too).  ``reuse_actors``: a finished trial's Ray
     actor (its process, with torch imported) runs the next trial.  ``address``: a running cluster (``auto``) or
@@ -201,6 +212,8 @@ class SweepConfig(RayClusterConfig, StoragePathMixin):
     max_concurrent: int = 2
     seed: int = 0
     objective: str = "val_acc"
+    table: Optional[str] = None
+    benchmark_dataset: str = "cifar10"
     space: SpaceConfig = field(default_factory=SpaceConfig)
     points_to_evaluate: list[dict[str, Any]] = field(default_factory=list)
     asha: AshaConfig = field(default_factory=AshaConfig)
@@ -214,6 +227,10 @@ class SweepConfig(RayClusterConfig, StoragePathMixin):
     max_failures: int = 0
     reuse_actors: bool = True
     verbose: int = 1
+
+    def __post_init__(self) -> None:
+        if isinstance(self.table, str) and self.table.strip():  # trials run in their own folders: an absolute path
+            self.table = os.path.abspath(os.path.expanduser(self.table))
 
     # ------------------------------------------------------------------------------------------- derived
     @property
@@ -279,6 +296,7 @@ class SweepConfig(RayClusterConfig, StoragePathMixin):
                               f"istanas.methods); sweepable: {sweepable()}")
         if self.method not in sweepable():
             raise did_you_mean("method", self.method, sweepable(), "method")
+        self._validate_benchmark()
         spaces = self.method_spec.spaces
         check(self.search_space in spaces,
               f"search_space: unknown space {self.search_space!r} for method {self.method!r}; choose one of "
@@ -301,6 +319,26 @@ class SweepConfig(RayClusterConfig, StoragePathMixin):
         self._validate_search()
         self._validate_retrain()
         self._validate_tenas()
+
+    def _validate_benchmark(self) -> None:
+        """``objective: benchmark`` needs an nb201 search and a ``table``; a given table is format-checked (no
+        accuracy is read: that happens after each search)."""
+        check(self.benchmark_dataset in TABLE_DATASETS,
+              f"benchmark_dataset: {self.benchmark_dataset!r} is not one of {list(TABLE_DATASETS)}")
+        if self.objective == "benchmark":
+            check(self.search_space == "nb201",
+                  f"objective: 'benchmark' scores the found cell by the NAS-Bench-201 table, so it needs "
+                  f"search_space: nb201 (got {self.search_space!r})")
+            check(self.table is not None, "table: objective 'benchmark' needs the NAS-Bench-201 table: table: PATH "
+                                          "(nasbench201_full.csv or NASLib's zc_nasbench201.json)")
+        if self.table is None:
+            return
+        check(self.search_space == "nb201",
+              f"table: the NAS-Bench-201 table scores nb201 cells; search_space is {self.search_space!r}")
+        try:
+            check_nb201_table(self.table)
+        except ValueError as e:
+            raise ConfigError(str(e) if str(e).startswith("table:") else f"table: {e}") from None
 
     def _validate_space(self) -> None:
         n = self.node_sizes()
@@ -479,12 +517,16 @@ def _check_range(name: str, r: ParamRange) -> None:
 
 
 def _base_search_dict(cfg: SweepConfig) -> dict[str, Any]:
-    """The method's preset ``search_preset`` as a full field mapping."""
+    """The method's preset ``search_preset`` as a full field mapping, with ``space: search_space`` when the
+    method's config has a ``space`` field (the sweep's ``search_space`` decides the cell space)."""
     m = cfg.method_spec
     try:
-        return preset_data(m.config_cls, cfg.search_preset, presets=m.presets)
+        data = preset_data(m.config_cls, cfg.search_preset, presets=m.presets)
     except ConfigError as e:
         raise ConfigError(f"search_preset: {e}") from None
+    if "space" in data:
+        data["space"] = cfg.search_space
+    return data
 
 
 def trial_overrides(cfg: SweepConfig, trial: Mapping[str, Any]) -> dict[str, Any]:
@@ -507,6 +549,9 @@ def trial_overrides(cfg: SweepConfig, trial: Mapping[str, Any]) -> dict[str, Any
 def build_search_config(cfg: SweepConfig, trial: Mapping[str, Any], validate: bool = True):
     """The method's config (:class:`istanas.ista.twostage.TwoStageConfig`) of one trial: preset < ``cfg.search``
     < sampled values (dotted keys, merged by :func:`istanas.config.deep_merge`)."""
+    if "space" in cfg.search and cfg.search["space"] != cfg.search_space:
+        raise ConfigError(f"search.space: the cell space is the sweep's search_space ({cfg.search_space!r}); "
+                          f"got {cfg.search['space']!r}")
     data = deep_merge(_base_search_dict(cfg), cfg.search, skip_none=False)
     data = deep_merge(data, trial_overrides(cfg, trial), skip_none=False)
     try:

@@ -8,8 +8,10 @@ every ``checkpoint_every`` epochs).
 
 The last epoch's report is held back and merged with the search's result, so the trial's final report carries the
 final genotype (``genotype`` JSON, ``genotype_digest``), ``search_done = 1`` and the ``objective`` (the searcher's
-metric: ``val_acc``, or for ``objective: tenas`` the TE-NAS score of the final genotype, NaN before): ASHA cannot
-stop a trial between its last epoch and its genotype.  A non-finite loss raises ``NonFiniteLossError``, which
+metric: ``val_acc``, or for ``objective: tenas`` the TE-NAS score of the final genotype, NaN before; for
+``objective: benchmark`` the NAS-Bench-201 table accuracy of the found cell, NaN before): ASHA cannot stop a trial
+between its last epoch and its genotype.  With a ``table`` the table is opened only in :meth:`TrialReporter.finish`,
+after the search returned (:func:`benchmark_score`); the search never sees it.  A non-finite loss raises ``NonFiniteLossError``, which
 ends the trial as an error with that reason; the sweep goes on.
 """
 from __future__ import annotations
@@ -29,9 +31,10 @@ from istanas.engine import check_finite
 from istanas.search import run_search
 from istanas.tenas.indicators import tenas_objective
 from istanas.tenas.job import score_genotype
+from spaces.nb201 import open_nb201_table
 from spaces.registry import load_genotype
 
-from .results import scalar_metrics
+from .results import bench_acc_column, benchmark_metrics, scalar_metrics
 from .sweep_config import SweepConfig, build_search_config, build_tenas_config
 
 STATE_FILE = "search_state.pt"
@@ -80,6 +83,13 @@ def tenas_score(genotype: Any, sweep: SweepConfig, search_cfg: Any) -> dict[str,
     s = score_genotype(genotype, images, tcfg)
     kappa, regions = float(s["ntk_cond"]), float(s["linear_regions"])
     return {"tenas_ntk_cond": kappa, "tenas_linear_regions": regions, "tenas_score": tenas_objective(kappa, regions)}
+
+
+def benchmark_score(genotype: Any, sweep: SweepConfig) -> dict[str, Any]:
+    """The found NB201 cell's ``bench_*`` metrics (:func:`orchestrator.results.benchmark_metrics`) from the
+    sweep's ``table``, opened here, after the search (a fresh read per trial: no table lives in a trial process
+    while it searches)."""
+    return benchmark_metrics(open_nb201_table(sweep.table), genotype)
 
 
 # ------------------------------------------------------------------------------------------------ reporting
@@ -148,9 +158,13 @@ class TrialReporter:
         m["search_session_s"] = float(wall_s)
         if node_id:
             m["node_id"] = node_id
+        if self.sweep.table is not None and text:
+            m.update(benchmark_score(text, self.sweep))
         if self.sweep.objective == "tenas" and text:
             m.update(tenas_score(text, self.sweep, search_cfg))
             m["objective"] = m["tenas_score"]
+        elif self.sweep.objective == "benchmark":
+            m["objective"] = float(m.get(bench_acc_column(self.sweep.benchmark_dataset), float("nan")))
         else:
             m["objective"] = self._objective(m)
         self._emit(m, held_state)
@@ -206,4 +220,5 @@ def make_trainable(sweep: SweepConfig, search_fn: Optional[SearchFn] = None) -> 
     return istanas_trial
 
 
-__all__ = ["make_trainable", "run_trial", "TrialReporter", "genotype_record", "tenas_score", "STATE_FILE"]
+__all__ = ["make_trainable", "run_trial", "TrialReporter", "genotype_record", "tenas_score", "benchmark_score",
+           "STATE_FILE"]
