@@ -127,7 +127,7 @@ BAD = [
     (["search.data.dataset=cifar11"], "unknown dataset"),
     (["search.no_such_field=1"], "no_such_field"),
     (["method=onestage_typo"], "unknown method"),
-    (["search_space=nb201"], "unknown space 'nb201'"),
+    (["search_space=nb201", "objective=benchmark"], "needs the NAS-Bench-201 table"),
     (["search_space=dartz"], "unknown space"),
     (["objective=accuracy"], "unknown objective"),
     (["search_preset=huge"], "search_preset"),
