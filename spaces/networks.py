@@ -10,8 +10,8 @@ DARTS-space state_dict layout (a loader filling these networks from a super-net 
     stem0.{0: Conv2d, 1: BN, 2: ReLU, 3: Conv2d, 4: BN}, stem1.{0: ReLU, 1: Conv2d, 2: BN}     NetworkImageNet
     cells.{c}.preprocess0   FactorizedReduce (after a reduction cell) or ReLUConvBN 1x1 (``.op.{1: conv, 2: BN}``)
     cells.{c}.preprocess1   ReLUConvBN 1x1
-    cells.{c}.ops.{j}       the op of genotype pair j (cell's own genotype order: node 2+j//2, its input
-                            ``cells.{c}.indices[j]``); ops from spaces.ops, i.e.
+    cells.{c}.ops.{j}       the op of genotype pair j (cell's own genotype order: node 2 + j // s with
+                            s = ``genotype.ops_per_node``, its input ``cells.{c}.indices[j]``); ops from spaces.ops:
                               sep_conv_*: ``op.{0,1}.op.{1: depthwise, 2: pointwise, 3: BN}``
                               dil_conv_*: ``op.{1: depthwise, 2: pointwise, 3: BN}``
                               skip_connect in a reduction cell (stride 2): FactorizedReduce ``conv_1, conv_2, bn``
@@ -126,27 +126,33 @@ class Cell(nn.Module):
     """A DARTS cell: (s0 [N, C_pp, H0, W0], s1 [N, C_p, H, W]) -> [N, len(concat) * C, H/r, W/r] (r = 2 in a
     reduction cell).  ``H0 = 2H`` when the previous cell reduced (s0 then goes through a FactorizedReduce).
 
-    Node k = 2 + i: ``s_k = op_{2i}(s_{indices[2i]}) + op_{2i+1}(s_{indices[2i+1]})``.
+    Node k = 2 + i sums the ``s = ops_per_node`` ops of its pairs (s = 2 in DARTS; an ISTA-NAS genotype of support
+    size s keeps s):  ``s_k = sum_{j = s i}^{s i + s - 1} op_j(s_{indices[j]})``.
     """
 
     def __init__(self, pairs: Sequence[tuple[str, int]], concat: Sequence[int], C_pp: int, C_p: int, C: int,
-                 reduction: bool, reduction_prev: bool, bn_after_param_free: bool = False):
+                 reduction: bool, reduction_prev: bool, bn_after_param_free: bool = False, ops_per_node: int = 2):
         super().__init__()
+        if isinstance(ops_per_node, bool) or not isinstance(ops_per_node, int) or ops_per_node < 1 \
+                or len(pairs) % ops_per_node:
+            raise ValueError(f"ops_per_node: expected an int >= 1 dividing the {len(pairs)} pairs, got {ops_per_node!r}")
         self.reduction = reduction
         self.preprocess0, self.preprocess1 = cell_preprocess(C_pp, C_p, C, reduction_prev)
         self.op_names: tuple[str, ...] = tuple(op for op, _ in pairs)
         self.indices: tuple[int, ...] = tuple(int(i) for _, i in pairs)
         self.concat: tuple[int, ...] = tuple(concat)
-        self.steps = len(pairs) // 2
+        self.ops_per_node = ops_per_node
+        self.steps = len(pairs) // ops_per_node
         self.multiplier = len(self.concat)
         self.ops = nn.ModuleList(
             _darts_op(op, C, 2 if reduction and i < 2 else 1, bn_after_param_free) for op, i in pairs)
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, drop_prob: float = 0.0) -> torch.Tensor:
         states = [self.preprocess0(s0), self.preprocess1(s1)]
+        s = self.ops_per_node
         for k in range(self.steps):
             node = None
-            for j in (2 * k, 2 * k + 1):
+            for j in range(s * k, s * k + s):
                 op = self.ops[j]
                 h = op(states[self.indices[j]])
                 if self.training and drop_prob > 0.0 and not isinstance(op, Identity):
@@ -206,7 +212,8 @@ class _DartsNetwork(nn.Module):
             if reduction:
                 C_curr *= 2
             pairs, concat = genotype.cell("reduce" if reduction else "normal")
-            cell = Cell(pairs, concat, C_pp, C_p, C_curr, reduction, reduction_prev, bn_after_param_free)
+            cell = Cell(pairs, concat, C_pp, C_p, C_curr, reduction, reduction_prev, bn_after_param_free,
+                        ops_per_node=genotype.ops_per_node)
             self.cells.append(cell)
             reduction_prev = reduction
             C_pp, C_p = C_p, cell.multiplier * C_curr

@@ -2,7 +2,8 @@
 left, intermediate nodes in layers by depth, the output on the right, every edge labelled with its op.
 Files are written atomically (temporary file + ``os.replace``).
 
-DARTS cells: nodes ``c_{k-2}``, ``c_{k-1}``, ``0..steps-1`` and ``c_{k}`` (the concatenation).  NAS-Bench-201 cells:
+DARTS cells: nodes ``c_{k-2}``, ``c_{k-1}``, ``0..steps-1`` and ``c_{k}`` (the concatenation); every node has
+``genotype.ops_per_node`` incoming edges (2 in DARTS, s for an ISTA-NAS genotype of support size s).  NAS-Bench-201 cells:
 nodes ``0..3`` (node 0 the cell input, node 3 its output); 'none' edges are not drawn.
 """
 from __future__ import annotations
@@ -54,16 +55,17 @@ def _graph(g: Union[Genotype, NB201Genotype], cell: str):
         nodes = _layered([0, 1, 2], inputs_of, kinds, {j: str(j) for j in range(4)}, 3)
         return nodes, live
     pairs, concat = g.cell(cell)
-    steps = len(pairs) // 2
+    nodes_of = g.nodes(cell)                       # s = g.ops_per_node pairs per node
+    steps, s = len(nodes_of), g.ops_per_node
     key = {0: "in0", 1: "in1"}
     keys = ["in0", "in1"] + [k + 2 for k in range(steps)]
-    inputs_of = {k + 2: [key.get(i, i) for _, i in pairs[2 * k: 2 * k + 2]] for k in range(steps)}
+    inputs_of = {k + 2: [key.get(i, i) for _, i in node] for k, node in enumerate(nodes_of)}
     kinds = {k: ("input" if k in ("in0", "in1") else "node") for k in keys}
     kinds["out"] = "output"
     labels = {"in0": "c_{k-2}", "in1": "c_{k-1}", "out": "c_{k}"}
     labels.update({k + 2: str(k) for k in range(steps)})
     nodes = _layered(keys, inputs_of, kinds, labels, "out")
-    edges = [(key.get(i, i), 2 + j // 2, op) for j, (op, i) in enumerate(pairs)]
+    edges = [(key.get(i, i), 2 + j // s, op) for j, (op, i) in enumerate(pairs)]
     edges += [(k, "out", "") for k in concat]
     return nodes, edges
 

@@ -228,3 +228,105 @@ def test_import_spaces_does_not_load_matplotlib():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, check=True,
                          env={**os.environ, "PYTHONPATH": root})
     assert out.stdout.strip() == "False"
+
+
+# ------------------------------------------------------------------------------------ s ops per node (version 2)
+THREE = {"normal": [[["sep_conv_3x3", 0], ["skip_connect", 1], ["sep_conv_3x3", 1]],
+                    [["dil_conv_3x3", 2], ["max_pool_3x3", 0], ["dil_conv_3x3", 2 - 2]],
+                    [["sep_conv_5x5", 3], ["avg_pool_3x3", 1], ["skip_connect", 2]],
+                    [["dil_conv_5x5", 4], ["sep_conv_3x3", 0], ["skip_connect", 3]]],
+         "reduce": [[["max_pool_3x3", 0], ["max_pool_3x3", 1], ["skip_connect", 1]],
+                    [["skip_connect", 2], ["avg_pool_3x3", 0], ["sep_conv_5x5", 1]],
+                    [["max_pool_3x3", 0], ["skip_connect", 3], ["dil_conv_5x5", 2]],
+                    [["skip_connect", 2], ["max_pool_3x3", 1], ["sep_conv_3x3", 4]]],
+         "normal_concat": [2, 3, 4, 5], "reduce_concat": [2, 3, 4, 5], "space": "darts", "version": 2}
+
+
+def test_version_2_holds_s_ops_per_node_and_round_trips(tmp_path):
+    g = load_genotype(json.dumps(THREE))
+    assert g.ops_per_node == 3 and g.steps("normal") == g.steps("reduce") == 4
+    flat = [tuple(p) for node in THREE["normal"] for p in node]
+    assert g.normal == tuple(flat) and g.nodes("normal")[3] == tuple(tuple(p) for p in THREE["normal"][3])
+    assert json.loads(g.to_json()) == THREE                      # written in version 2, per-node lists
+    path = tmp_path / "g3.json"
+    path.write_text(g.to_json(indent=2))
+    assert load_genotype(str(path)) == g and load_genotype(str(path)).digest() == g.digest()
+    assert "node 5 = dil_conv_5x5(node 4) + sep_conv_3x3(c_{k-2}) + skip_connect(node 3)" in str(g)
+    # s = 1
+    one = {**THREE, "normal": [n[:1] for n in THREE["normal"]], "reduce": [n[:1] for n in THREE["reduce"]]}
+    g1 = load_genotype(json.dumps(one))
+    assert g1.ops_per_node == 1 and g1.normal == (("sep_conv_3x3", 0), ("dil_conv_3x3", 2), ("sep_conv_5x5", 3),
+                                                  ("dil_conv_5x5", 4))
+    assert json.loads(g1.to_json()) == one
+    # a flat pair list with 3 ops per node goes through the constructor; version 1 cannot hold it
+    assert Genotype(normal=flat, normal_concat=(2, 3, 4, 5), reduce=g.reduce, reduce_concat=(2, 3, 4, 5),
+                    ops_per_node=3) == g
+    with pytest.raises(ValueError, match="^version: version 1 holds 2 ops per node"):
+        g.to_dict(version=1)
+
+
+@pytest.mark.parametrize("name", sorted(n for n, d in PUBLISHED.items() if d["space"] == "darts"))
+def test_two_op_files_read_unchanged_and_version_2_reads_back_the_same(name):
+    """Every 2-op file (version 1, no version key) reads as before with the same digest; its version-2 form reads
+    back to the same genotype; a 2-op genotype is still written in version 1 (digests of s = 2 searches unchanged)."""
+    g = get_genotype(name)
+    v1 = PUBLISHED[name]
+    assert g.ops_per_node == 2 and json.loads(g.to_json()) == v1 and "version" not in json.loads(g.to_json())
+    digest_v1 = hashlib.sha256(json.dumps(v1, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:12]
+    assert g.digest() == digest_v1
+    v2 = g.to_dict(version=2)
+    assert v2["version"] == 2 and v2["normal"][1] == [list(p) for p in v1["normal"][2:4]]
+    back = load_genotype(json.dumps(v2))
+    assert back == g and back.digest() == g.digest()
+    assert load_genotype(json.dumps({**v1, "version": 1})) == g
+
+
+MALFORMED_V2 = [
+    ("unequal nodes", {**THREE, "normal": THREE["normal"][:3] + [THREE["normal"][3][:2]]},
+     "normal[3]: 2 ops, but node 2 has 3"),
+    ("cells differ in s", {**THREE, "reduce": [n[:2] for n in THREE["reduce"]]},
+     "reduce: 2 ops per node, but the normal cell has 3"),
+    ("input out of range", {**THREE, "normal": [THREE["normal"][0], [["skip_connect", 3]] + THREE["normal"][1][1:]]
+                                     + THREE["normal"][2:]}, "normal[1][0]: input index 3 out of range; node 3"),
+    ("unknown op", {**THREE, "reduce": [[["conv_9x9", 0]] + THREE["reduce"][0][1:]] + THREE["reduce"][1:]},
+     "reduce[0][0]: unknown op 'conv_9x9'"),
+    ("flat list in version 2", {**THREE, "normal": [p for n in THREE["normal"] for p in n]},
+     "normal[0]: expected a non-empty list of [op, input] pairs"),
+    ("empty node", {**THREE, "normal": [[]] + THREE["normal"][1:]}, "normal[0]: expected a non-empty list"),
+    ("no nodes", {**THREE, "normal": []}, "normal: no nodes"),
+    ("unknown version", {**THREE, "version": 3}, "version: unknown genotype format version 3"),
+    ("version 1 with nested lists", {**THREE, "version": 1}, "normal[0]: expected an [op, input] pair of 2 items"),
+]
+
+
+@pytest.mark.parametrize("label,d,message", MALFORMED_V2, ids=[m[0] for m in MALFORMED_V2])
+def test_malformed_version_2_rejected_naming_the_field(label, d, message):
+    with pytest.raises(ValueError, match="^" + re.escape(message)):
+        load_genotype(json.dumps(d))
+
+
+def test_ops_per_node_validated():
+    with pytest.raises(ValueError, match=r"^normal: 8 \(op, input\) pairs; expected 3 per intermediate node"):
+        Genotype(normal=DARTS_V2_TEXT["normal"], normal_concat=(2, 3), reduce=DARTS_V2_TEXT["reduce"][:6],
+                 reduce_concat=(2, 3), ops_per_node=3)
+    with pytest.raises(ValueError, match="^ops_per_node: expected an int >= 1"):
+        Genotype(normal=DARTS_V2_TEXT["normal"], normal_concat=(2, 3), reduce=DARTS_V2_TEXT["reduce"],
+                 reduce_concat=(2, 3), ops_per_node=0)
+
+
+@pytest.mark.parametrize("s", [1, 3])
+def test_plot_draws_every_op_of_an_s_op_genotype(tmp_path, s):
+    pytest.importorskip("matplotlib")
+    from spaces.plot import _graph
+
+    d = {**THREE, "normal": [n[:s] for n in THREE["normal"]], "reduce": [n[:s] for n in THREE["reduce"]]}
+    g = load_genotype(json.dumps(d))
+    nodes, edges = _graph(g, "normal")
+    op_edges = [e for e in edges if e[1] != "out"]
+    assert len(op_edges) == 4 * s
+    assert sorted((dst, op) for _, dst, op in op_edges) == sorted((2 + j // s, op) for j, (op, _) in
+                                                                   enumerate(g.normal))
+    from spaces.plot import plot_genotype
+
+    paths = plot_genotype(g, str(tmp_path), fmt="svg")
+    assert all(os.path.getsize(p) > 0 for p in paths)

@@ -209,6 +209,60 @@ def test_darts_cell_wiring_against_a_hand_written_cell():
     assert m.classifier.in_features == 2 * 16  # last cell is a reduction cell with 4 * C channels per node
 
 
+def test_darts_cell_with_3_and_1_ops_per_node_against_hand_written_cells():
+    """An s-op genotype (an ISTA-NAS search with support size s) builds a cell that sums s ops per node."""
+    normal3 = [("skip_connect", 0), ("skip_connect", 1), ("avg_pool_3x3", 1),     # node 2
+               ("skip_connect", 2), ("max_pool_3x3", 0), ("skip_connect", 0),     # node 3: input 0 twice
+               ("avg_pool_3x3", 3), ("skip_connect", 1), ("skip_connect", 2),     # node 4
+               ("max_pool_3x3", 4), ("skip_connect", 2), ("skip_connect", 3)]     # node 5
+    red3 = [(op, min(i, 1)) for op, i in normal3[:6]]
+    g = Genotype(normal=normal3, normal_concat=(2, 3, 4, 5), reduce=red3, reduce_concat=(2, 3), ops_per_node=3)
+    m = build_network(g, "cifar10", C=4, layers=3).eval()
+    cell = m.cells[0]
+    assert cell.ops_per_node == 3 and cell.steps == 4 and len(cell.ops) == 12
+    avg = lambda x: F.avg_pool2d(x, 3, 1, 1, count_include_pad=False)  # noqa: E731
+    mx = lambda x: F.max_pool2d(x, 3, 1, 1)  # noqa: E731
+    s0, s1 = torch.randn(2, 12, 8, 8), torch.randn(2, 12, 8, 8)
+    with torch.no_grad():
+        p0, p1 = cell.preprocess0(s0), cell.preprocess1(s1)
+        n2 = p0 + p1 + avg(p1)
+        n3 = n2 + mx(p0) + p0
+        n4 = avg(n3) + p1 + n2
+        n5 = mx(n4) + n2 + n3
+        assert torch.allclose(cell(s0, s1), torch.cat([n2, n3, n4, n5], 1), atol=1e-6)
+    assert m.cells[1].reduction and m.cells[1].steps == 2 and m.cells[1].multiplier == 2
+    assert m(torch.randn(1, 3, 16, 16))[0].shape == (1, 10)
+    # one op per node
+    normal1 = [("skip_connect", 1), ("avg_pool_3x3", 2), ("skip_connect", 0), ("max_pool_3x3", 4)]
+    g1 = Genotype(normal=normal1, normal_concat=(2, 3, 4, 5), reduce=[("max_pool_3x3", 0)] * 4,
+                  reduce_concat=(2, 3, 4, 5), ops_per_node=1)
+    cell = build_network(g1, "cifar10", C=4, layers=3).eval().cells[0]
+    with torch.no_grad():
+        p0, p1 = cell.preprocess0(s0), cell.preprocess1(s1)
+        n2 = p1
+        n3 = avg(n2)
+        n4 = p0
+        n5 = mx(n4)
+        assert torch.allclose(cell(s0, s1), torch.cat([n2, n3, n4, n5], 1), atol=1e-6)
+
+
+def test_sizes_of_a_3_op_genotype_equal_the_closed_form_count():
+    g2 = get_genotype("ISTA_twostage")
+    extra = {"normal": [("sep_conv_3x3", 1), ("dil_conv_5x5", 2), ("max_pool_3x3", 0), ("skip_connect", 4)],
+             "reduce": [("skip_connect", 0), ("sep_conv_5x5", 2), ("avg_pool_3x3", 1), ("dil_conv_3x3", 0)]}
+    cells = {c: tuple(p for i in range(4) for p in (*getattr(g2, c)[2 * i:2 * i + 2], extra[c][i]))
+             for c in ("normal", "reduce")}
+    g3 = Genotype(normal=cells["normal"], normal_concat=(2, 3, 4, 5), reduce=cells["reduce"],
+                  reduce_concat=(2, 3, 4, 5), ops_per_node=3)
+    for bn in (False, True):
+        m = build_network(g3, "cifar10", C=8, layers=5, bn_after_param_free=bn)
+        p, f = closed_form(g3, 8, 5, 10, 32, imagenet=False, bn_after_param_free=bn)
+        assert count_parameters(m) * 1e6 == pytest.approx(p, abs=0.5)
+        assert count_flops(m, (1, 3, 32, 32)) * 1e6 == pytest.approx(f, abs=0.5)
+    p2, _ = closed_form(g2, 8, 5, 10, 32, imagenet=False)
+    assert count_parameters(build_network(g3, "cifar10", C=8, layers=5)) * 1e6 > p2 + 1000   # the third op counts
+
+
 # ----------------------------------------------------------------------------------------------- drop-path
 def test_drop_path_changes_training_outputs_only():
     m = build_network("DARTS_V2", "cifar10", C=4, layers=3, drop_path=0.0)

@@ -1,4 +1,4 @@
-"""Paper Eq. 12: fold the architecture coefficients of a one-stage super-net into BatchNorm, and export the result.
+"""Paper Eq. 12: fold the architecture coefficients of a super-net's support into BatchNorm, and export the result.
 
 In the one-stage super-net every candidate op ends in an affine BN, and node i of a cell computes
 
@@ -14,20 +14,28 @@ statistics do not change; drop-path, a per-sample mask, commutes with the scale)
 stand-alone network of the genotype (``spaces.networks.build_network(..., bn_after_param_free=True)``) with every
 trained weight and no architecture variables.
 
+:func:`support_network` does the same for any :class:`istanas.supernet.SparseSuperNet` and support, also the
+two-stage (Algorithm 1) super-net, whose BNs are ``affine=False`` (gamma = 1, beta = 0 implicitly) and whose
+stride-1 skip has no BN: there the stand-alone BN gets gamma = c, beta = 0 (the running statistics copied), the
+cell pre-processing BNs gamma = 1, beta = 0, and the BN that ``bn_after_param_free`` appends to a stride-1 skip is
+set to the identity in eval mode (running mean 0, var 1, gamma = c * sqrt(1 + eps), beta = 0).  In eval mode
+(BN on running statistics) the stand-alone network then computes exactly the super-net's forward on that
+support; in training mode only where every folded BN existed in the super-net (one-stage).
+
 Module mapping (super-net -> stand-alone, :mod:`spaces.networks` layout):
 
 * ``stem.*`` -> ``stem.*`` (CIFAR stem) or ``stem0.* / stem1.*`` -> same (ImageNet stem);
   ``cells.{c}.preprocess0/1.*`` -> same (FactorizedReduce after a reduction cell, else ReLUConvBN 1x1);
   ``classifier.*`` -> same; ``aux_head.*`` -> ``auxiliary_head.*`` (both are :class:`spaces.networks.AuxiliaryHead`).
 * ``cells.{c}.edges.{e}.{k}.*`` -> ``cells.{c}.ops.{j}.*`` for genotype pair j = (op name, input) of node
-  i = j // 2, with e = edge_offsets[i] + input and k = the op's index among the 7 candidates.  The one-stage
+  i = j // s, with e = edge_offsets[i] + input and k = the op's index among the 7 candidates.  The one-stage
   candidate ops and the stand-alone ops are built alike: sep / dil convs identical; pools and the stride-1 skip
   are ``Sequential(op, BatchNorm2d)`` in both; the stride-2 skip is a FactorizedReduce ending in its own BN in both
   (no BN appended).  The fold rescales each op's last BN (``spaces.networks.output_bn``).
 
-The genotype has exactly two (op, input) pairs per node; the one-stage search runs with s = 2 and any other s is
-rejected here with a ``ValueError`` (an s-op node has no stand-alone DARTS form).  Two support ops on the same input
-edge are fine: the stand-alone cell then reads that input twice.
+The genotype has exactly the support's s (op, input) pairs per node (``Genotype.ops_per_node = s``; s = 2 in the
+papers, any s >= 1 here: the stand-alone cell sums s ops per node).  Two support ops on the same input edge are
+fine: the stand-alone cell then reads that input twice.
 
 Export (:func:`export`): ``genotype.json``, ``model.safetensors`` and ``model.pt`` (the same state dict; the
 ``.pt`` loads with ``torch.load(weights_only=True)``), ``model.onnx`` (eval mode, logits only, dynamic batch) and
@@ -48,64 +56,83 @@ import torch
 from torch import nn
 
 from spaces.networks import build_network, is_imagenet, output_bn
+from spaces.ops import Identity
 
 from ..checkpoint import atomic_write_bytes, atomic_write_json, atomic_write_text
 from ..config import to_dict
 from ..data import MEAN_STD
-from ..supernet import CELL_TYPES, edge_offsets
+from ..supernet import CELL_TYPES, SparseSuperNet, edge_offsets
 from .compressed import genotype_from_support
 from .onestage import OneStageNet
 
 EXPORT_FORMAT = "istanas-onestage-export/1"
 _OP_KEY = re.compile(r"^cells\.(\d+)\.ops\.(\d+)\.(.+)$")
 
-__all__ = ["absorb", "export", "load_exported", "EXPORT_FORMAT"]
+__all__ = ["absorb", "support_network", "network_kwargs", "export", "load_exported", "EXPORT_FORMAT"]
 
 
-def _support_and_genotype(net, support_host: Optional[torch.Tensor]):
-    host = (net.support_host if support_host is None else support_host).to(torch.int64).cpu()
-    T, S = len(CELL_TYPES), net.supernet.steps
-    if host.dim() != 3 or tuple(host.shape[:2]) != (T, S):
-        raise ValueError(f"support_host: expected shape [{T}, {S}, 2], got {tuple(host.shape)}")
-    if host.shape[-1] != 2:
-        raise ValueError(f"support: Eq. 12 produces the stand-alone DARTS network, which has exactly 2 inputs per "
-                         f"node; this support has s = {host.shape[-1]} ops per node (search with recovery.s=2)")
-    g = genotype_from_support(host, net.space.z, net.supernet.primitives, S)
-    return host, g
+def network_kwargs(sn: SparseSuperNet, dataset: Optional[str] = None) -> dict[str, Any]:
+    """Keywords of ``spaces.networks.build_network`` for the stand-alone network of super-net ``sn``'s support
+    (``bn_after_param_free=True``: every op ends in a BN that takes its coefficient).  ``dataset`` only picks the
+    network class (default from the super-net's stem)."""
+    if dataset is None:
+        dataset = "imagenet" if sn.stem_type == "imagenet" else "cifar10"
+    return {"dataset": dataset, "C": sn.C, "layers": sn.layers, "num_classes": sn.num_classes,
+            "auxiliary": sn.aux_head is not None, "bn_after_param_free": True, "in_channels": sn.in_channels}
+
+
+def _check_support(sn: SparseSuperNet, support_host: torch.Tensor) -> torch.Tensor:
+    host = support_host.to(torch.int64).cpu()
+    T, S = len(CELL_TYPES), sn.steps
+    if host.dim() != 3 or tuple(host.shape[:2]) != (T, S) or host.shape[-1] < 1:
+        raise ValueError(f"support_host: expected shape [{T}, {S}, s >= 1], got {tuple(host.shape)}")
+    return host
+
+
+def _identity_bn_(bn: nn.BatchNorm2d) -> None:
+    """Make an affine BN the identity in eval mode: running mean 0, var 1, gamma = sqrt(1 + eps), beta = 0."""
+    bn.running_mean.zero_()
+    bn.running_var.fill_(1.0)
+    bn.weight.fill_((1.0 + bn.eps) ** 0.5)
+    bn.bias.zero_()
 
 
 @torch.no_grad()
-def absorb(net, support_host: Optional[torch.Tensor] = None) -> tuple[nn.Module, Any, torch.Tensor]:
-    """Eq. 12: the stand-alone network of a :class:`istanas.ista.onestage.OneStageNet`'s support, all weights copied and
-    each support op's final BN scaled by its coefficient.
+def support_network(sn: SparseSuperNet, support_host: torch.Tensor, coef: torch.Tensor,
+                    kwargs: Optional[dict[str, Any]] = None) -> tuple[nn.Module, Any]:
+    """The stand-alone network of ``sn`` restricted to ``support_host`` with the coefficients folded (Eq. 12).
 
     Args:
-        net: the one-stage model (its ``supernet``, ``space`` and current support; any device / dtype).
-        support_host: ``[T, steps, 2]`` flat candidate ids (default: the net's current support).
+        sn: a :class:`istanas.supernet.SparseSuperNet` (one-stage or two-stage ops; any device / dtype).
+        support_host: ``[T, steps, s]`` flat candidate ids (any s >= 1).
+        coef: ``[T, steps, s]`` the coefficients the super-net's forward multiplies by (Eq. 11), in support order.
+        kwargs: :func:`spaces.networks.build_network` keywords (default :func:`network_kwargs`); must keep
+            ``bn_after_param_free=True``.
     Returns:
-        ``(network, genotype, coef)``: the ``spaces.networks`` model (on the net's device and dtype, in eval mode,
-        drop-path 0), its :class:`spaces.genotype.Genotype`, and the folded coefficients ``coef [T, steps, 2]``
-        (float64, CPU, in support order).  Exactly the coefficients the super-net's forward multiplies by
-        (``net.coefficients()``) are folded, the product taken in float64.
+        ``(network, genotype)``: the ``spaces.networks`` model (on ``sn``'s device and dtype, eval mode, drop-path 0)
+        and its :class:`spaces.genotype.Genotype` (``ops_per_node = s``).  In eval mode ``network(x)[0]`` equals
+        ``sn(x, support_host, coef)`` (see the module doc for what is set where the super-net has no BN).
     Raises:
-        ValueError: s != 2, or a module layout that does not match (a bug, never silently wrong weights).
+        ValueError: a module layout that does not match (a bug, never silently wrong weights).
     """
-    sn = net.supernet
-    host, genotype = _support_and_genotype(net, support_host)
-    if torch.equal(host, net.support_host):
-        coef = net.coefficients().detach().to(torch.float64).cpu()
-    else:
-        with torch.autocast(net.support.device.type, enabled=False):
-            coef = net.space.coefficients(host.to(net.support.device)).detach().to(torch.float64).cpu()
-    if (sn.stem_type == "imagenet") != is_imagenet(net.dataset):
-        raise ValueError(f"dataset {net.dataset!r} implies the other stem than the super-net's {sn.stem_type!r}")
+    host = _check_support(sn, support_host)
+    kwargs = dict(network_kwargs(sn) if kwargs is None else kwargs)
+    if not kwargs.get("bn_after_param_free", False):
+        raise ValueError("kwargs: bn_after_param_free=True is needed (every op's coefficient goes into its BN)")
+    coef = coef.detach().to(torch.float64).cpu()
+    if tuple(coef.shape) != tuple(host.shape):
+        raise ValueError(f"coef: expected shape {tuple(host.shape)} (as the support), got {tuple(coef.shape)}")
+    genotype = genotype_from_support(host, None, sn.primitives, sn.steps)
+    if (sn.stem_type == "imagenet") != is_imagenet(kwargs.get("dataset", "cifar10")):
+        raise ValueError(f"dataset {kwargs.get('dataset')!r} implies the other stem than the super-net's "
+                         f"{sn.stem_type!r}")
     if sn.stem_type == "cifar" and sn.stem_multiplier != 3:
         raise ValueError(f"stem_multiplier: the stand-alone CIFAR network has 3, the super-net {sn.stem_multiplier}")
     if sn.multiplier != sn.steps:
         raise ValueError("multiplier: the stand-alone cells concatenate every intermediate node")
     p0 = next(sn.parameters())
-    model = build_network(genotype, **net.network_kwargs()).to(device=p0.device, dtype=p0.dtype)
-    K, offs = sn.num_ops, edge_offsets(sn.steps)
+    model = build_network(genotype, **kwargs).to(device=p0.device, dtype=p0.dtype)
+    K, offs, s = sn.num_ops, edge_offsets(sn.steps), genotype.ops_per_node
     src = sn.state_dict()
     dst = model.state_dict()
     new: dict[str, torch.Tensor] = {}
@@ -115,9 +142,11 @@ def absorb(net, support_host: Optional[torch.Tensor] = None) -> tuple[nn.Module,
         if t != sn.cell_types[c]:
             raise ValueError(f"cell {c}: reduction layout differs between the super-net and the network")
         for j, (name, inp) in enumerate(getattr(genotype, CELL_TYPES[t])):
-            i, k = j // 2, sn.primitives.index(name)
+            i, k = j // s, sn.primitives.index(name)
             ids = host[t, i].tolist()
             slots[(c, j)] = (t, i, ids.index(inp * K + k))
+    identity_bns: list[str] = []          # dst BNs with no super-net counterpart (after a BN-less stride-1 skip)
+    bns = {n: m for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)}
     for key in dst:
         m = _OP_KEY.match(key)
         if m:
@@ -129,12 +158,26 @@ def absorb(net, support_host: Optional[torch.Tensor] = None) -> tuple[nn.Module,
             skey = "aux_head." + key[len("auxiliary_head."):]
         else:
             skey = key
+        mod, _, leaf = key.rpartition(".")
+        sprefix = skey.rpartition(".")[0]
         if skey not in src:
+            if mod in bns and leaf in ("weight", "bias") and f"{sprefix}.running_mean" in src:
+                new[key] = torch.full_like(dst[key], 1.0 if leaf == "weight" else 0.0)   # affine=False BN
+                continue
+            if mod in bns and m and not any(k.startswith(sprefix + ".") for k in src) \
+                    and output_bn(model.cells[int(m.group(1))].ops[int(m.group(2))]) is bns[mod] \
+                    and isinstance(_src_op(sn, c, offs[i] + inp, sn.primitives.index(name)), Identity):
+                new[key] = dst[key].clone()
+                if mod not in identity_bns:
+                    identity_bns.append(mod)
+                continue
             raise ValueError(f"absorb: no super-net tensor {skey!r} for the network's {key!r}")
         if tuple(src[skey].shape) != tuple(dst[key].shape):
             raise ValueError(f"absorb: {skey!r} {tuple(src[skey].shape)} does not fit {key!r} {tuple(dst[key].shape)}")
         new[key] = src[skey].detach().clone()
     model.load_state_dict(new, strict=True)
+    for mod in identity_bns:
+        _identity_bn_(bns[mod])
     # Eq. 12: gamma_hat = c * gamma, beta_hat = c * beta on each support op's final BN
     for (c, j), (t, i, slot) in slots.items():
         bn = output_bn(model.cells[c].ops[j])
@@ -145,6 +188,36 @@ def absorb(net, support_host: Optional[torch.Tensor] = None) -> tuple[nn.Module,
         bn.bias.copy_((bn.bias.double() * cv).to(bn.bias.dtype))
     model.drop_path_prob = 0.0
     model.eval()
+    return model, genotype
+
+
+def _src_op(sn: SparseSuperNet, cell: int, edge: int, op: int) -> nn.Module:
+    return sn.cells[cell].edges[edge][op]
+
+
+@torch.no_grad()
+def absorb(net, support_host: Optional[torch.Tensor] = None) -> tuple[nn.Module, Any, torch.Tensor]:
+    """Eq. 12: the stand-alone network of a :class:`istanas.ista.onestage.OneStageNet`'s support, all weights copied and
+    each support op's final BN scaled by its coefficient (:func:`support_network`).
+
+    Args:
+        net: the one-stage model (its ``supernet``, ``space`` and current support; any device / dtype).
+        support_host: ``[T, steps, s]`` flat candidate ids (default: the net's current support).
+    Returns:
+        ``(network, genotype, coef)``: the ``spaces.networks`` model (on the net's device and dtype, in eval mode,
+        drop-path 0), its :class:`spaces.genotype.Genotype` (s ops per node), and the folded coefficients
+        ``coef [T, steps, s]`` (float64, CPU, in support order).  Exactly the coefficients the super-net's forward
+        multiplies by (``net.coefficients()``) are folded, the product taken in float64.
+    Raises:
+        ValueError: a module layout that does not match (a bug, never silently wrong weights).
+    """
+    host = _check_support(net.supernet, net.support_host if support_host is None else support_host)
+    if torch.equal(host, net.support_host):
+        coef = net.coefficients().detach().to(torch.float64).cpu()
+    else:
+        with torch.autocast(net.support.device.type, enabled=False):
+            coef = net.space.coefficients(host.to(net.support.device)).detach().to(torch.float64).cpu()
+    model, genotype = support_network(net.supernet, host, coef, net.network_kwargs())
     return model, genotype, coef
 
 

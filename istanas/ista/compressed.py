@@ -339,33 +339,28 @@ def support_churn(new: torch.Tensor, old: torch.Tensor) -> int:
     return int((new.unsqueeze(-1) != old.unsqueeze(-2)).all(-1).sum())
 
 
-def genotype_from_support(support_host: torch.Tensor, z: torch.Tensor, primitives: Sequence[str] = ISTA_PRIMITIVES,
-                          steps: int = 4) -> Genotype:
-    """The :class:`spaces.genotype.Genotype` of a support: 2 (op, input) pairs per node.
+def genotype_from_support(support_host: torch.Tensor, z: Optional[torch.Tensor] = None,
+                          primitives: Sequence[str] = ISTA_PRIMITIVES, steps: int = 4) -> Genotype:
+    """The :class:`spaces.genotype.Genotype` of a support: exactly the s searched (op, input) pairs per node.
 
     ``support_host [T, steps, s]`` flat ids (``input * K + op``) ordered by decreasing |z| (as
-    :meth:`CompressedSpace.select_support` returns them); ``z [T, steps, n_max]``.  Per node the two strongest
-    support entries are kept (s >= 2); with s = 1 the second pair is the node's strongest candidate outside S by
-    |z| (lowest id on ties).  Within a node the pairs are listed as the reference does: the second strongest, then
-    the strongest.
+    :meth:`CompressedSpace.select_support` returns them); ``z [T, steps, n_max]`` is not needed (the support
+    alone fixes the genotype; the argument stays for the callers).  The genotype has ``ops_per_node = s``: the
+    architecture the search trained is the one that is written, built and retrained (s = 2 gives the same
+    genotype, JSON and digest as before).  Within a node the pairs are listed as the reference does for s = 2: by
+    increasing |z| (the second strongest, then the strongest), i.e. the reverse of the support order.
     """
+    sup = support_host.to(torch.int64).cpu()
+    if sup.dim() != 3 or sup.shape[0] != len(CELL_TYPES) or sup.shape[1] != steps or sup.shape[2] < 1:
+        raise ValueError(f"support_host: expected shape [{len(CELL_TYPES)}, {steps}, s >= 1], got {tuple(sup.shape)}")
     K = len(primitives)
-    sup = support_host.tolist()
-    mag = z.detach().abs().cpu().tolist()
+    ids = sup.tolist()
     cells = {}
     for t, name in enumerate(CELL_TYPES):
-        pairs = []
-        for i in range(steps):
-            chosen = [int(k) for k in sup[t][i][:2]]
-            if len(chosen) < 2:
-                n_i = (2 + i) * K
-                rest = sorted((k for k in range(n_i) if k not in chosen), key=lambda k: (-mag[t][i][k], k))
-                chosen.append(rest[0])
-            for k in reversed(chosen):
-                pairs.append((primitives[k % K], k // K))
-        cells[name] = tuple(pairs)
+        cells[name] = tuple((primitives[int(k) % K], int(k) // K) for i in range(steps) for k in reversed(ids[t][i]))
     concat = tuple(range(2, 2 + steps))
-    return Genotype(normal=cells["normal"], normal_concat=concat, reduce=cells["reduce"], reduce_concat=concat)
+    return Genotype(normal=cells["normal"], normal_concat=concat, reduce=cells["reduce"], reduce_concat=concat,
+                    ops_per_node=int(sup.shape[2]))
 
 
 class HostRecovery:
