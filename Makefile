@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install sweep test test-quick bench clean
+.PHONY: install sweep test test-quick test-busy bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,13 @@ test: $(STAMP)
 ## make test-quick: the suite without the slow end-to-end tests
 test-quick: $(STAMP)
 	$(PY) -m pytest -q -ra -m "not slow" $(ARGS)
+
+## make test-busy: the whole suite while a CPU hog keeps every core busy (timing-independence check; not CI)
+test-busy: $(STAMP)
+	@n=$$(nproc); pids=""; for i in $$(seq $$n); do nice -n 0 yes > /dev/null & pids="$$pids $$!"; done; \
+	trap 'kill $$pids 2>/dev/null' EXIT INT TERM; echo "test-busy: $$n busy loop(s):$$pids"; \
+	$(PY) -m pytest -q -ra $(ARGS); rc=$$?; kill $$pids 2>/dev/null; wait $$pids 2>/dev/null; \
+	echo "test-busy: suite exit status $$rc next to $$n busy loop(s)"; exit $$rc
 
 bench: $(STAMP)
 	mkdir -p bench-results

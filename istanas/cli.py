@@ -87,9 +87,70 @@ def build_config(cls: type[T], args: argparse.Namespace, extra: Optional[dict] =
     data = merge_overrides(data, list(getattr(args, "set", None) or []))
     cfg = from_dict(cls, data)
     validate = getattr(cfg, "validate", None)
-    if callable(validate):
-        validate()
+    try:
+        if callable(validate):
+            validate()
+    except RecursionError:
+        field = "genotype" if "genotype" in names else cls.__name__
+        raise ConfigError(f"{field}: the input is nested too deeply to parse (RecursionError); a genotype is a "
+                          f"flat JSON object of cells") from None
+    check_run_config(cfg)
     return cfg
+
+
+#: Learning rates above this are taken for a typo (the papers use 0.025 .. 0.5).
+MAX_LR = 10.0
+_LR_FIELDS = ("lr", "arch_lr", "lr_min")
+_DECAY_FIELDS = ("weight_decay", "arch_weight_decay")
+
+
+def existing_ancestor_file(path: str | os.PathLike) -> Optional[str]:
+    """The first existing non-folder among ``path`` and its parents (``/etc/passwd`` for ``/etc/passwd/x``)."""
+    p = os.path.abspath(os.path.expanduser(os.fspath(path)))
+    while True:
+        if os.path.exists(p):
+            return None if os.path.isdir(p) else p
+        parent = os.path.dirname(p)
+        if parent == p:
+            return None
+        p = parent
+
+
+def check_out_dir(path: str | os.PathLike, field: str = "out") -> None:
+    """``ConfigError`` when ``path`` is, or lies under, an existing file (it could never be created)."""
+    bad = existing_ancestor_file(path)
+    if bad is not None:
+        where = "is a file" if os.path.abspath(os.fspath(path)) == bad else f"lies under the file {bad}"
+        raise ConfigError(f"{field}: {os.fspath(path)} {where}; give a folder")
+
+
+def check_run_config(cfg: Any) -> None:
+    """Checks every launcher's job config gets after its own ``validate()`` (fields it has): ``seed`` in
+    [0, 2**32); finite learning rates in (0, :data:`MAX_LR`] (``lr_min`` >= 0); finite, non-negative weight decays;
+    ``out`` not under a file; a batch larger than ``data.limit_train`` images.  ``ConfigError`` naming the field."""
+    seed = getattr(cfg, "seed", None)
+    if seed is not None and not isinstance(seed, bool):
+        if not isinstance(seed, int) or not 0 <= seed < 2**32:
+            raise ConfigError(f"seed must be an integer in [0, 2**32), got {seed!r}")
+    for name in _LR_FIELDS:
+        v = getattr(cfg, name, None)
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            low_ok = v >= 0 if name == "lr_min" else v > 0
+            if not (math.isfinite(v) and low_ok and v <= MAX_LR):
+                raise ConfigError(f"{name} must be finite and in {'[0' if name == 'lr_min' else '(0'}, {MAX_LR:g}], "
+                                  f"got {v!r}")
+    for name in _DECAY_FIELDS:
+        v = getattr(cfg, name, None)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and not (math.isfinite(v) and v >= 0):
+            raise ConfigError(f"{name} must be finite and >= 0, got {v!r}")
+    out = getattr(cfg, "out", None)
+    if isinstance(out, str) and out:
+        check_out_dir(out)
+    data = getattr(cfg, "data", None)
+    limit, batch = getattr(data, "limit_train", None), getattr(data, "batch_size", None)
+    if isinstance(limit, int) and isinstance(batch, int) and limit > 0 and batch > limit:
+        raise ConfigError(f"data.batch_size: {batch} is larger than the {limit} training images "
+                          f"(data.limit_train); no full batch could be drawn")
 
 
 # ----------------------------------------------------------------------------------------------------- main guard

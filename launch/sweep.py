@@ -146,6 +146,14 @@ def _run(args: argparse.Namespace) -> int:
     print(f"sweep {cfg.name}: {cfg.num_samples} {cfg.method} searches, {cfg.max_concurrent} at a time, objective "
           f"{cfg.objective}, -> {cfg.experiment_path}" + (" (resuming)" if args.resume else ""), flush=True)
     out = run_sweep(cfg, resume=args.resume, validate=False)
+    if out.interrupted:
+        print(f"\nsweep INTERRUPTED after {out.wall_time_s:.1f} s: {out.num_trials - out.num_unfinished} of "
+              f"{cfg.num_samples} trials ended ({out.num_errors} errors), {out.num_unfinished} cut short, "
+              f"{out.num_not_started} not started; nothing retrained, no report", file=sys.stderr)
+        print(f"partial table (true statuses): {out.partial_table}", file=sys.stderr)
+        print(f"finish it with: python launch/sweep.py --resume --name {cfg.name} --storage-path "
+              f"{cfg.storage_path}", file=sys.stderr)
+        return 130
     print(f"\nsweep done in {out.wall_time_s:.1f} s ({out.num_trials} trials, {out.num_errors} errors)")
     print(f"results table: {out.table_csv}")
     print(f"               {out.table_parquet}")
@@ -161,6 +169,15 @@ def _run(args: argparse.Namespace) -> int:
         print(best["genotype"])
     else:
         print("best genotype: none (no search finished)")
+    if out.all_failed:
+        reasons: dict[str, list[str]] = {}
+        for tid, why in out.errors:
+            reasons.setdefault(str(why), []).append(str(tid))
+        print(f"error: all {out.num_trials} trials failed:", file=sys.stderr)
+        for why, tids in reasons.items():
+            print(f"  {len(tids)} trial(s) ({', '.join(tids[:4])}{', ...' if len(tids) > 4 else ''}): {why}",
+                  file=sys.stderr)
+        return 1
     return 0
 
 

@@ -6,25 +6,44 @@ Validate the config and the experiment folder (fresh: must not exist; ``resume``
 search epochs, trial checkpoints kept by Tune) or ``Tuner.restore`` it with ``resume``; :class:`SweepCallback`
 keeps the custom metrics and prints a line per finished trial; at the end the records of the whole ``ResultGrid``
 go to the actor once, which retrains the top-k and writes the table and report.
+
+An interrupted sweep (SIGINT / Ctrl+C: Tune saves the experiment and stops its trials, marking them TERMINATED)
+is told apart from a finished one by the trials Tune really completed (:class:`SweepCallback` counts
+``on_trial_complete`` / ``on_trial_error``, which the interruption does not call): nothing is retrained, only
+``results/sweep_results.partial.csv`` is written (trials cut short have status ``INTERRUPTED``) and the outcome
+says ``interrupted``; ``--resume`` finishes it.  On ``--resume`` a restored trial whose latest checkpoint is gone
+(Tune deletes checkpoints beyond ``keep_checkpoints`` a moment before it snapshots the experiment; a driver killed
+in between leaves a snapshot naming a deleted one) or fails its SHA-256 record is pointed at its newest good
+checkpoint on disk, or restarted when it has none (:func:`repair_trial_checkpoint`).
 """
 from __future__ import annotations
 
+import glob
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
+from istanas import checkpoint as ckpt
 from istanas.config import ConfigError
 from ray.tune import Callback
 
 from .cluster import exists, init_ray, read_text, write_text
 from .metrics import SweepMetrics
 from .postprocess import create_postprocessor, record_from_result
+from .results import build_table
 from .sweep_config import INT_PARAMS, LOG_DEFAULT, SweepConfig, build_search_config
-from .tune_trial import make_trainable
+from .tune_trial import STATE_FILE, make_trainable
 
 CONFIG_NAME = "sweep_config.json"
+PARTIAL_TABLE = "sweep_results.partial.csv"
+#: Per sweep name, in this driver: ids of the trials Tune really ended (complete / error) in this session, and
+#: those already ended when a restored experiment's first step ran.  Filled by :class:`SweepCallback` (which
+#: ``Tuner.restore`` re-creates from its pickle, so the driver reads it here).
+_ENDED: dict[str, set[str]] = {}
+_ENDED_BEFORE: dict[str, Optional[set[str]]] = {}
 
 
 # ---------------------------------------------------------------------------------------------- search space
@@ -96,6 +115,17 @@ class SweepCallback(Callback):
     def _running(self, trials: list) -> None:
         self.metrics.trials_running(sum(1 for t in trials if t.status == "RUNNING"))
 
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        if _ENDED_BEFORE.get(self.name) is not None:
+            return
+        # the first step: what a restored experiment had already ended; its other trials' checkpoints checked
+        _ENDED_BEFORE[self.name] = {t.trial_id for t in trials if t.status in ("TERMINATED", "ERROR")}
+        for t in trials:
+            if t.status not in ("TERMINATED", "ERROR"):
+                note = repair_trial_checkpoint(t)
+                if note and self.echo:
+                    print(f"[sweep {self.name}] trial {t.trial_id}: {note}", file=sys.stderr, flush=True)
+
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._running(trials)
 
@@ -106,6 +136,7 @@ class SweepCallback(Callback):
 
     def _finish(self, trials: list, trial: Any, status: str) -> None:
         self._running(trials)
+        _ENDED.setdefault(self.name, set()).add(trial.trial_id)
         if trial.trial_id in self._finished:
             return
         self._finished.add(trial.trial_id)
@@ -129,6 +160,52 @@ class SweepCallback(Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._finish(trials, trial, "ERROR")
+
+
+def _checkpoint_ok(folder: str) -> bool:
+    path = os.path.join(folder, STATE_FILE)
+    try:
+        ckpt.load(path)
+        return True
+    except ckpt.CheckpointError:
+        return False
+
+
+def repair_trial_checkpoint(trial: Any) -> Optional[str]:
+    """Before a restored ``trial`` starts: when the checkpoint Tune will restore it from is missing or fails
+    :func:`istanas.checkpoint.load`, point the trial at its newest good ``checkpoint_*`` folder (or at none: it
+    starts again).  Returns a note of what was done, None when nothing was wrong.  Local storage only."""
+    found = trial.checkpoint
+    if found is None or getattr(found.filesystem, "type_name", "local") != "local":
+        return None
+    if os.path.isdir(found.path) and _checkpoint_ok(found.path):
+        return None
+    from ray.train._internal.checkpoint_manager import _TrainingResult
+    from ray.tune import Checkpoint
+
+    trial_dir = trial.storage.trial_fs_path
+    folders = sorted(glob.glob(os.path.join(trial_dir, "checkpoint_*")), reverse=True)
+    good = next((f for f in folders if os.path.normpath(f) != os.path.normpath(found.path) and _checkpoint_ok(f)),
+                None)
+    manager = trial.run_metadata.checkpoint_manager
+    kept = [r for r in manager._checkpoint_results if os.path.isdir(r.checkpoint.path)
+            and os.path.normpath(r.checkpoint.path) != os.path.normpath(found.path)]
+    why = "is missing" if not os.path.isdir(found.path) else "is damaged"
+    if good is None:
+        manager._latest_checkpoint_result = None
+        manager._checkpoint_results = []
+        note = f"checkpoint {found.path} {why} and no good one is left; the trial starts again"
+    else:
+        same = [r for r in kept if os.path.normpath(r.checkpoint.path) == os.path.normpath(good)]
+        latest = same[0] if same else _TrainingResult(checkpoint=Checkpoint(good, found.filesystem), metrics={})
+        manager._checkpoint_results = kept if same else kept + [latest]
+        manager._latest_checkpoint_result = latest
+        index = max(int(os.path.basename(f).split("_")[-1]) for f in folders)
+        trial.storage.current_checkpoint_index = max(trial.storage.current_checkpoint_index, index)
+        note = f"checkpoint {found.path} {why}; resuming from {good}"
+    trial.run_metadata.invalidate_cache()
+    trial.invalidate_json_state()
+    return note
 
 
 # ---------------------------------------------------------------------------------------------------- tuner
@@ -223,6 +300,27 @@ class SweepOutcome:
     tune_time_s: float
     wall_time_s: float
     summary: dict = field(default_factory=dict)
+    #: the sweep was stopped (SIGINT) before every trial ended: only ``partial_table`` was written
+    interrupted: bool = False
+    partial_table: Optional[str] = None
+    num_unfinished: int = 0
+    num_not_started: int = 0
+    #: (trial id, one-line reason) of every trial that ended in an error
+    errors: list = field(default_factory=list)
+
+    @property
+    def all_failed(self) -> bool:
+        """Every trial of a sweep that ran to its end failed."""
+        return not self.interrupted and self.num_trials > 0 and self.num_errors == self.num_trials
+
+
+def _write_partial(cfg: SweepConfig, records: list[dict]) -> str:
+    """``results/sweep_results.partial.csv``: one row per trial, true statuses (nothing retrained)."""
+    df = build_table(records, {}, cfg)
+    df.loc[df["status"] == "INTERRUPTED", "stopped_early"] = False  # cut short by the interruption, not by ASHA
+    path = os.path.join(cfg.local_results_dir, PARTIAL_TABLE)
+    ckpt.atomic_write_text(path, df.to_csv(index=False))
+    return path
 
 
 def run_sweep(cfg: SweepConfig, *, resume: bool = False, search_fn: Optional[Callable] = None,
@@ -241,6 +339,8 @@ def run_sweep(cfg: SweepConfig, *, resume: bool = False, search_fn: Optional[Cal
     import ray
 
     actor = None
+    _ENDED[cfg.name], _ENDED_BEFORE[cfg.name] = set(), None
+    partial = None
     try:
         if not resume:
             save_sweep_config(cfg)
@@ -250,10 +350,25 @@ def run_sweep(cfg: SweepConfig, *, resume: bool = False, search_fn: Optional[Cal
         grid = tuner.fit()
         tune_s = time.perf_counter() - t1
         records = [record_from_result(r) for r in grid]
-        if echo:
-            print(f"[sweep {cfg.name}] {len(records)} trials in {tune_s:.1f} s; post-processing "
-                  f"(retrain top-{cfg.retrain.top_k} x {len(cfg.retrain.seeds)} seeds)", flush=True)
-        summary = ray.get(actor.finalize.remote(records))
+        ended = _ENDED.get(cfg.name, set()) | (_ENDED_BEFORE.get(cfg.name) or set())
+        unfinished = [r for r in records if r["trial_id"] not in ended]
+        not_started = max(0, cfg.num_samples - len(records))
+        for r in unfinished:
+            r["status"] = "INTERRUPTED"
+        errors = [(r["trial_id"], r.get("error") or "?") for r in records if r["status"] == "ERROR"]
+        stale = os.path.join(cfg.local_results_dir, PARTIAL_TABLE)
+        if unfinished or not_started:
+            partial = _write_partial(cfg, records)
+            summary = {"table_csv": partial, "table_parquet": None, "report_md": None, "report_html": None,
+                       "best_genotype_path": None, "best": None, "num_trials": len(records),
+                       "num_errors": len(errors)}
+        else:
+            if echo:
+                print(f"[sweep {cfg.name}] {len(records)} trials in {tune_s:.1f} s; post-processing "
+                      f"(retrain top-{cfg.retrain.top_k} x {len(cfg.retrain.seeds)} seeds)", flush=True)
+            summary = ray.get(actor.finalize.remote(records))
+            if os.path.isfile(stale):
+                os.unlink(stale)
     finally:
         if actor is not None:
             try:
@@ -267,8 +382,11 @@ def run_sweep(cfg: SweepConfig, *, resume: bool = False, search_fn: Optional[Cal
                        table_parquet=summary["table_parquet"], report_md=summary["report_md"],
                        report_html=summary["report_html"], best_genotype_path=summary["best_genotype_path"],
                        best=summary["best"], num_trials=summary["num_trials"], num_errors=summary["num_errors"],
-                       tune_time_s=tune_s, wall_time_s=wall, summary=summary)
+                       tune_time_s=tune_s, wall_time_s=wall, summary=summary, interrupted=partial is not None,
+                       partial_table=partial, num_unfinished=len(unfinished), num_not_started=not_started,
+                       errors=errors)
 
 
 __all__ = ["run_sweep", "build_tuner", "param_space", "search_epochs", "check_experiment",
-           "load_saved_config", "save_sweep_config", "SweepCallback", "SweepOutcome", "CONFIG_NAME"]
+           "load_saved_config", "save_sweep_config", "SweepCallback", "SweepOutcome", "CONFIG_NAME",
+           "PARTIAL_TABLE", "repair_trial_checkpoint"]

@@ -117,3 +117,95 @@ def test_resume_with_changed_config_is_refused_unless_allowed(tmp_path, capsys):
     # a runtime key (device) may change without asking
     assert cli.config_changes(recorded, {**recorded, "device": "cuda"}) == {"device": ("cpu", "cuda")}
     assert "device" in cli.RUNTIME_KEYS
+
+
+# ------------------------------------------------------------------------------------------ sweep, no Ray run
+class _FakeTrial:
+    """What :func:`orchestrator.sweep.repair_trial_checkpoint` reads of a restored Tune trial."""
+
+    def __init__(self, trial_dir: str, manager):
+        from types import SimpleNamespace
+
+        self.trial_id = "t1"
+        self.storage = SimpleNamespace(trial_fs_path=trial_dir, current_checkpoint_index=0)
+        self.run_metadata = SimpleNamespace(checkpoint_manager=manager, invalidate_cache=lambda: None)
+
+    @property
+    def checkpoint(self):
+        r = self.run_metadata.checkpoint_manager.latest_checkpoint_result
+        return r.checkpoint if r is not None else None
+
+    def invalidate_json_state(self) -> None:
+        pass
+
+
+def _tune_trial(tmp_path, epochs: int, recorded: int):
+    """A trial folder with checkpoint_000000..epochs-1 (search_state.pt of epoch k+1); the experiment snapshot
+    (the manager) names checkpoint ``recorded``."""
+    pytest.importorskip("ray")
+    from ray.train import CheckpointConfig
+    from ray.train._internal.checkpoint_manager import _CheckpointManager, _TrainingResult
+    from ray.tune import Checkpoint
+
+    from orchestrator.tune_trial import STATE_FILE
+
+    trial_dir = tmp_path / "trial_t1"
+    for k in range(epochs):
+        ckpt.save({"epoch": k + 1}, str(trial_dir / f"checkpoint_{k:06d}" / STATE_FILE))
+    manager = _CheckpointManager(CheckpointConfig(num_to_keep=2))
+    manager.register_checkpoint(_TrainingResult(
+        checkpoint=Checkpoint(str(trial_dir / f"checkpoint_{recorded:06d}")), metrics={"epoch": recorded + 1}))
+    return _FakeTrial(str(trial_dir), manager), trial_dir, STATE_FILE
+
+
+def test_restored_trial_with_deleted_or_damaged_checkpoint_is_repointed(tmp_path):
+    import shutil
+
+    from orchestrator.sweep import repair_trial_checkpoint
+
+    # the snapshot names checkpoint_000001, which Tune deleted before the driver died: newest good one is used
+    trial, trial_dir, state_file = _tune_trial(tmp_path, epochs=4, recorded=1)
+    shutil.rmtree(trial_dir / "checkpoint_000001")
+    flip_byte(str(trial_dir / "checkpoint_000003" / state_file))  # the newest is damaged: skipped
+    note = repair_trial_checkpoint(trial)
+    assert "missing" in note and trial.checkpoint.path.endswith("checkpoint_000002")
+    assert ckpt.load(os.path.join(trial.checkpoint.path, state_file))["epoch"] == 3
+    assert trial.storage.current_checkpoint_index == 3  # the next checkpoint goes to a fresh folder
+    assert repair_trial_checkpoint(trial) is None       # now consistent
+
+
+def test_restored_trial_without_good_checkpoint_restarts(tmp_path):
+    from orchestrator.sweep import repair_trial_checkpoint
+
+    trial, trial_dir, state_file = _tune_trial(tmp_path, epochs=1, recorded=0)
+    truncate(str(trial_dir / "checkpoint_000000" / state_file))
+    assert "damaged" in repair_trial_checkpoint(trial) and trial.checkpoint is None
+    # an intact recorded checkpoint is left alone
+    trial, _, _ = _tune_trial(tmp_path / "b", epochs=2, recorded=1)
+    assert repair_trial_checkpoint(trial) is None and trial.checkpoint.path.endswith("checkpoint_000001")
+
+
+def test_sweep_launcher_exit_status_interrupted_and_all_failed(tmp_path, monkeypatch, capsys):
+    import launch.sweep as launch_sweep
+    from orchestrator.sweep import SweepOutcome
+
+    def outcome(**kw):
+        base = dict(experiment_path=str(tmp_path), table_csv="t.csv", table_parquet="t.parquet", report_md=None,
+                    report_html=None, best_genotype_path=None, best=None, num_trials=3, num_errors=3,
+                    tune_time_s=1.0, wall_time_s=1.0)
+        return SweepOutcome(**{**base, **kw})
+
+    args = ["--storage-path", str(tmp_path), "--name", "x", "--no-dashboard"]
+    failed = outcome(errors=[("a", "NonFiniteLossError: nan"), ("b", "NonFiniteLossError: nan"), ("c", "OSError: x")])
+    monkeypatch.setattr(launch_sweep, "run_sweep", lambda cfg, **kw: failed)
+    assert failed.all_failed and launch_sweep.main(args) == 1
+    err = capsys.readouterr().err
+    assert "all 3 trials failed" in err and "2 trial(s) (a, b): NonFiniteLossError: nan" in err and "OSError" in err
+    cut = outcome(num_errors=0, interrupted=True, partial_table="p.csv", num_unfinished=2, num_not_started=1)
+    monkeypatch.setattr(launch_sweep, "run_sweep", lambda cfg, **kw: cut)
+    assert not cut.all_failed and launch_sweep.main(args) == 130
+    err = capsys.readouterr().err
+    assert "INTERRUPTED" in err and "p.csv" in err and "--resume" in err
+    ok = outcome(num_errors=1)
+    monkeypatch.setattr(launch_sweep, "run_sweep", lambda cfg, **kw: ok)
+    assert launch_sweep.main(args) == 0
