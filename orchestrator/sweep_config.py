@@ -32,6 +32,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Sequence
 
+import torch
+
 from istanas.config import (ConfigError, check, deep_merge, did_you_mean, flatten, from_dict, parse_override,
                             preset_data, read_yaml, set_path, to_dict)
 from istanas.methods import METHODS, Method, get_method, sweepable
@@ -39,6 +41,8 @@ from istanas.retrain import RetrainConfig
 from istanas.search import check_runtime
 from istanas.tenas.job import TenasConfig
 from spaces.nb201 import TABLE_DATASETS, check_nb201_table
+
+from .resources import check_fits_share, device_memory
 
 OBJECTIVES = ("val_acc", "tenas", "benchmark")
 SPACE_PARAMS = ("lam", "s", "m", "epsilon", "lr", "arch_lr")
@@ -162,6 +166,9 @@ class Resources:
 
     cpu: float = 1.0
     gpu: float = 0.0
+    #: memory of one GPU (GiB) for the check before Ray starts that a search fits ``gpu`` of it (null: this
+    #: machine's first GPU when it has one; each trial checks its own device anyway)
+    gpu_memory_gb: Optional[float] = None
 
 
 @dataclass
@@ -317,6 +324,7 @@ class SweepConfig(RayClusterConfig, StoragePathMixin):
         self._validate_asha()
         self._validate_points()
         self._validate_search()
+        _check_gpu_share(self)
         self._validate_retrain()
         self._validate_tenas()
 
@@ -462,6 +470,26 @@ def _check_resources(r: Resources, name: str) -> None:
           f"{name}.gpu: fractions must be <= 1 (share one GPU), whole numbers above; got {r.gpu}")
 
 
+def _check_gpu_share(cfg: "SweepConfig") -> None:
+    """A trial's search (at the largest ``s`` of the space) must fit its ``resources_per_trial.gpu`` share of a
+    GPU of ``resources_per_trial.gpu_memory_gb`` GiB (else of this machine's GPU, on an embedded local Ray):
+    :func:`orchestrator.resources.check_fits_share`."""
+    res = cfg.resources_per_trial
+    check(res.gpu_memory_gb is None or (math.isfinite(res.gpu_memory_gb) and res.gpu_memory_gb > 0),
+          f"resources_per_trial.gpu_memory_gb must be > 0 or null, got {res.gpu_memory_gb}")
+    if res.gpu <= 0:
+        return
+    if res.gpu_memory_gb is not None:
+        mem, name = int(res.gpu_memory_gb * 2**30), f"a {res.gpu_memory_gb:g} GiB GPU (gpu_memory_gb)"
+    else:
+        probe = device_memory(torch.device("cuda", 0)) if cfg.address is None else None
+        if probe is None:
+            return
+        mem, name = probe
+    worst = {"s": max(int(v) for v in cfg.space.s.candidates())} if cfg.space.s is not None else {}
+    check_fits_share(build_search_config(cfg, worst, validate=False), res.gpu, mem, device_name=name)
+
+
 def _describe(r: ParamRange) -> str:
     if r.kind == "value":
         return f"value {r.value!r}"
@@ -518,13 +546,16 @@ def _check_range(name: str, r: ParamRange) -> None:
 
 def _base_search_dict(cfg: SweepConfig) -> dict[str, Any]:
     """The method's preset ``search_preset`` as a full field mapping, with ``space: search_space`` when the
-    method's config has a ``space`` field (the sweep's ``search_space`` decides the cell space)."""
+    method's config has a ``space`` field (the sweep's ``search_space`` decides the cell space; a DARTS-space preset
+    on nb201 gets the config class's ``NB201_OVERLAY``, as ``launch/search.py --space nb201`` does)."""
     m = cfg.method_spec
     try:
         data = preset_data(m.config_cls, cfg.search_preset, presets=m.presets)
     except ConfigError as e:
         raise ConfigError(f"search_preset: {e}") from None
-    if "space" in data:
+    if "space" in data and data["space"] != cfg.search_space:
+        if cfg.search_space == "nb201":  # a DARTS-space preset: what --space nb201 lays over it (launch/search.py)
+            data = deep_merge(data, getattr(m.config_cls, "NB201_OVERLAY", {}), skip_none=False)
         data["space"] = cfg.search_space
     return data
 

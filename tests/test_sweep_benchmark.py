@@ -78,6 +78,18 @@ def test_cli_rejects_benchmark_without_table_before_ray_starts(monkeypatch, caps
         assert err.startswith("error: ") and needle in err and err.count("\n") == 1
 
 
+def test_the_nb201_sweep_config_validates_and_reaches_the_search(csv_table):
+    from orchestrator.sweep_config import build_search_config
+
+    cfg = load_sweep_config(os.path.join(REPO, "configs", "sweep_nb201.yaml"))
+    assert cfg.objective == "benchmark" and cfg.table == csv_table[0] and cfg.retrain.top_k == 0
+    assert cfg.node_sizes() == [4, 8, 12] and cfg.tune_param_names() == ["lam", "s", "m_0", "m_1", "m_2", "epsilon"]
+    scfg = build_search_config(cfg, {"lam": 1e-4, "s": 2, "m_0": 3, "m_1": 5, "m_2": 11, "epsilon": 0.0})
+    assert scfg.space == "nb201" and scfg.recovery.m == [3, 5, 11] and scfg.recovery.s == 2
+    with pytest.raises(ConfigError, match="search.space"):
+        load_sweep_config(os.path.join(REPO, "configs", "sweep_nb201.yaml"), overrides=["search.space=darts"])
+
+
 def test_table_path_is_made_absolute(csv_table, monkeypatch):
     path, _ = csv_table
     monkeypatch.chdir(os.path.dirname(path))
@@ -189,3 +201,32 @@ def test_a_cell_the_table_lacks_is_nan_not_an_error(shared_file):
         from spaces.registry import get_genotype
 
         benchmark_metrics(table, get_genotype("DARTS_V2"))
+
+
+# ------------------------------------------------------------------------------------------------ end to end
+@pytest.mark.slow
+def test_tiny_nb201_sweep_scores_each_found_cell_by_the_table(csv_table, tmp_path):
+    import pandas as pd
+
+    ray = pytest.importorskip("ray")
+    from orchestrator.sweep import run_sweep
+
+    path, rows = csv_table
+    cfg = load_sweep_config(os.path.join(REPO, "configs", "sweep_nb201.yaml"), overrides=[
+        f"storage_path={tmp_path}", "name=nb201", "dashboard=false", "verbose=0", "num_samples=2", "num_cpus=2",
+        f"table={path}", "asha.enabled=false", "search.epochs=1", "search.data.limit_train=128",
+        "search.data.limit_test=32", "search.data.batch_size=32", "search.C=4"])
+    if ray.is_initialized():
+        ray.shutdown()
+    out = run_sweep(cfg, echo=False)
+    df = pd.read_csv(out.table_csv)
+    assert len(df) == 2 and (df["status"] == "TERMINATED").all() and df["search_done"].all()
+    for _, row in df.iterrows():
+        arch = NB201Genotype.from_json(row["genotype"]).to_arch_str()  # the searched cell is the scored one
+        assert row["bench_arch"] == arch
+        assert row["objective"] == pytest.approx(rows[arch]["cifar10"]) == row["bench_acc_cifar10"]
+        assert row["bench_pct_imagenet16_120"] == pytest.approx(_pct(rows, arch, "ImageNet16-120"))
+    best = df.loc[df["objective"].idxmax()]
+    assert open(out.best_genotype_path, encoding="utf-8").read().strip() == best["genotype"]
+    text = open(out.report_md, encoding="utf-8").read()
+    assert "## Found cells on NAS-Bench-201" in text and "figures/benchmark_vs_params.png" in text
