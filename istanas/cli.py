@@ -98,6 +98,8 @@ def build_config(cls: type[T], args: argparse.Namespace, extra: Optional[dict] =
     return cfg
 
 
+#: Data sets read from files under ``data.root`` (an empty folder there is an error before any work).
+IMAGE_DATASETS = ("cifar10", "cifar100", "imagenet")
 #: Learning rates above this are taken for a typo (the papers use 0.025 .. 0.5).
 MAX_LR = 10.0
 _LR_FIELDS = ("lr", "arch_lr", "lr_min")
@@ -147,6 +149,13 @@ def check_run_config(cfg: Any) -> None:
     if isinstance(out, str) and out:
         check_out_dir(out)
     data = getattr(cfg, "data", None)
+    root = getattr(data, "root", None)
+    if isinstance(root, str) and getattr(data, "dataset", "") in IMAGE_DATASETS and not getattr(data, "download",
+                                                                                                  False):
+        folder = os.path.expanduser(root)
+        if os.path.isdir(folder) and not any(files for _, _, files in os.walk(folder)):
+            raise ConfigError(f"data.root: {root} is an empty folder; point it at the {data.dataset} copy (CIFAR "
+                              f"batches, an ImageFolder with train/ and test/, or a .zip)")
     limit, batch = getattr(data, "limit_train", None), getattr(data, "batch_size", None)
     if isinstance(limit, int) and isinstance(batch, int) and limit > 0 and batch > limit:
         raise ConfigError(f"data.batch_size: {batch} is larger than the {limit} training images "

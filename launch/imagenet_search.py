@@ -33,6 +33,7 @@ if _ROOT not in sys.path:  # run from a checkout without installation
 
 from istanas import cli  # noqa: E402
 from istanas.config import ConfigError, deep_merge, from_dict, parse_override, read_yaml, set_path, to_dict  # noqa: E402
+from orchestrator.cluster import preflight  # noqa: E402
 from orchestrator.train_onestage import (DistSearchConfig, build_search_config, check_run,  # noqa: E402
                                          run_distributed_search)
 
@@ -155,6 +156,10 @@ def build_job(args: argparse.Namespace) -> DistSearchConfig:
     cfg = from_dict(DistSearchConfig, data)
     cfg.validate()
     check_image_folder(cfg)
+    n = int(cfg.num_workers)
+    preflight(cfg, {"num_workers x cpus_per_worker / gpus_per_worker": (
+        n * float(cfg.cpus_per_worker), n * float(cfg.gpus_per_worker) if cfg.use_gpu else 0.0)},
+        storage_path=cfg.storage_path, seed=cfg.search.get("seed"))
     return cfg
 
 

@@ -7,12 +7,19 @@ py_modules (:func:`package_dirs`).  :func:`filesystem`, :func:`exists`, :func:`w
 """
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 import shutil
+import sys
 import tempfile
 from typing import Any, Optional, Protocol
 
+import torch
+
 from istanas.checkpoint import atomic_write_text
+from istanas.cli import existing_ancestor_file
+from istanas.config import ConfigError
 
 from .sweep_config import is_storage_uri
 
@@ -30,6 +37,69 @@ class RayConfig(Protocol):
     dashboard: bool
     dashboard_host: str
     dashboard_port: int
+
+
+# ------------------------------------------------------------------------------------------------- preflight
+_HOST_RE = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}"
+                      r"[A-Za-z0-9])?)*$")
+
+
+def check_host(host: Any, field: str = "dashboard_host") -> None:
+    """``ConfigError`` unless ``host`` is an IP address or an RFC 1123 host name."""
+    if isinstance(host, str):
+        try:
+            ipaddress.ip_address(host)
+            return
+        except ValueError:
+            if _HOST_RE.match(host) and not host.replace(".", "").isdigit():
+                return
+    raise ConfigError(f"{field}: {host!r} is neither an IP address nor a host name (e.g. 127.0.0.1, or 0.0.0.0 "
+                      f"to expose it)")
+
+
+def local_resources(cfg: "RayConfig") -> tuple[float, float]:
+    """(CPUs, GPUs) the embedded local Ray of ``cfg`` will have: ``num_cpus`` / ``num_gpus``, else the machine's."""
+    cpus = cfg.num_cpus if cfg.num_cpus is not None else (os.cpu_count() or 1)
+    gpus = cfg.num_gpus if cfg.num_gpus is not None else (torch.cuda.device_count() if torch.cuda.is_available()
+                                                          else 0)
+    return float(cpus), float(gpus)
+
+
+def preflight(cfg: "RayConfig", demands: dict[str, tuple[float, float]], *, storage_path: Optional[str] = None,
+              seed: Optional[int] = None) -> None:
+    """What the machine decides, checked before Ray starts (``ConfigError`` naming the field): the dashboard host,
+    ``seed`` in [0, 2**32), a local ``storage_path`` that is not (under) a file, and every ``demands`` entry
+    (``field -> (CPUs, GPUs)`` one trial / worker asks for) within what the embedded local Ray will have.  With an
+    ``address`` (or ``RAY_ADDRESS``) a cluster may grow: a demand beyond the nodes seen now is only a warning."""
+    check_host(cfg.dashboard_host)
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32):
+        raise ConfigError(f"seed must be an integer in [0, 2**32), got {seed!r}")
+    if storage_path is not None and not is_storage_uri(storage_path):
+        local = storage_path[len("file://"):] if storage_path.startswith("file://") else storage_path
+        bad = existing_ancestor_file(local)
+        if bad is not None:
+            raise ConfigError(f"storage_path: {storage_path} " + ("is a file" if os.path.abspath(
+                os.path.expanduser(local)) == bad else f"lies under the file {bad}") + "; give a folder or a URI")
+    if cluster_address(cfg):
+        return
+    cpus, gpus = local_resources(cfg)
+    for field, (cpu, gpu) in demands.items():
+        if cpu > cpus or gpu > gpus:
+            what = f"{cpu:g} CPUs" if cpu > cpus else f"{gpu:g} GPUs"
+            raise ConfigError(f"{field}: a trial asks for {what}, but the embedded local Ray has {cpus:g} CPUs and "
+                              f"{gpus:g} GPUs (num_cpus / num_gpus, else this machine); it could never start. Lower "
+                              f"it, or give --address of a cluster that has them")
+
+
+def warn_unplaceable(demands: dict[str, tuple[float, float]]) -> None:
+    """On a running cluster: a warning for each demand no live node can hold now (an autoscaler may add one)."""
+    import ray
+
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    for field, (cpu, gpu) in demands.items():
+        if not any(r.get("CPU", 0) >= cpu and r.get("GPU", 0) >= gpu for r in nodes):
+            print(f"warning: {field}: no node of the cluster has {cpu:g} CPUs and {gpu:g} GPUs now; trials wait "
+                  f"until the autoscaler adds one", file=sys.stderr, flush=True)
 
 
 # ------------------------------------------------------------------------------------------------------- ray
@@ -137,5 +207,5 @@ def copy_dir(src: str, dest: str) -> str:
     return dest
 
 
-__all__ = ["init_ray", "package_dirs", "cluster_address", "filesystem", "exists", "write_text", "read_text",
+__all__ = ["init_ray", "preflight", "check_host", "local_resources", "warn_unplaceable", "package_dirs", "cluster_address", "filesystem", "exists", "write_text", "read_text",
            "copy_dir", "NAMESPACE", "RayConfig"]

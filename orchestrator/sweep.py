@@ -30,7 +30,7 @@ from istanas import checkpoint as ckpt
 from istanas.config import ConfigError
 from ray.tune import Callback
 
-from .cluster import exists, init_ray, read_text, write_text
+from .cluster import cluster_address, exists, init_ray, preflight, read_text, warn_unplaceable, write_text
 from .metrics import SweepMetrics
 from .postprocess import create_postprocessor, record_from_result
 from .results import build_table
@@ -323,6 +323,15 @@ def _write_partial(cfg: SweepConfig, records: list[dict]) -> str:
     return path
 
 
+def sweep_demands(cfg: SweepConfig) -> dict[str, tuple[float, float]]:
+    """``field -> (CPUs, GPUs)`` one trial and one retraining task ask for (for :func:`preflight`)."""
+    res, rr = cfg.resources_per_trial, cfg.retrain.resources
+    out = {"resources_per_trial": (float(res.cpu), float(res.gpu))}
+    if cfg.retrain.top_k > 0:
+        out["retrain.resources"] = (float(rr.cpu), float(rr.gpu))
+    return out
+
+
 def run_sweep(cfg: SweepConfig, *, resume: bool = False, search_fn: Optional[Callable] = None,
               echo: bool = True, validate: bool = True) -> SweepOutcome:
     """Run (or resume) the sweep ``cfg`` end to end; see the module docstring.  Uses an already initialised Ray
@@ -330,6 +339,8 @@ def run_sweep(cfg: SweepConfig, *, resume: bool = False, search_fn: Optional[Cal
     t0 = time.perf_counter()
     if validate:
         cfg.validate()
+    demands = sweep_demands(cfg)
+    preflight(cfg, demands, storage_path=cfg.storage_path, seed=cfg.seed)
     check_experiment(cfg, resume)
     # Tune forces an experiment snapshot whenever a trial has written keep_checkpoints checkpoints since the
     # last one (what makes --resume exact); its warning about that is noise here.
@@ -338,6 +349,8 @@ def run_sweep(cfg: SweepConfig, *, resume: bool = False, search_fn: Optional[Cal
                        dashboard_note="; custom metrics ray_istanas_sweep_* on each node's Prometheus metrics port")
     import ray
 
+    if cluster_address(cfg):
+        warn_unplaceable(demands)
     actor = None
     _ENDED[cfg.name], _ENDED_BEFORE[cfg.name] = set(), None
     partial = None
