@@ -21,7 +21,11 @@ class TorchDistHooks:
 
     ``wrap``: ``ray.train.torch.prepare_model`` (DDP with ``find_unused_parameters=True``; identity with one rank).
     ``broadcast_support``: rank 0's host support to every rank, over a gloo group (the main group when the backend
-    is gloo, a gloo side group under NCCL), so host tensors never touch the GPU; counts local disagreements.
+    is gloo, a gloo side group under NCCL), so host tensors never touch the GPU; counts local disagreements.  Rank
+    0's recovered code z (the bound space's ``z``, see :meth:`bind`; ``wrap`` binds ``module.space``) travels with
+    it: a CPU z in the same gloo message (its float64 bits packed after the support), a CUDA z by a device
+    broadcast on the main (NCCL) group, no host sync.  So every rank continues (warm start, stop rule, Eq. 11)
+    from rank 0's z explicitly, not only because DDP happens to broadcast buffers.
     ``all_agree``: rank 0's flags to every rank (the epsilon stop decided once).  ``record``: keep the support of
     every training step (``support_log``) and the wrapped net (``net``), for ``record_dir``.  (bf16 and
     channels_last are the engine's settings, ``OneStageConfig.bf16`` / ``.channels_last``.)
@@ -33,6 +37,8 @@ class TorchDistHooks:
         self.group = None
         self.support_broadcasts = 0
         self.support_mismatches = 0
+        self.z_mismatches = 0                     # CPU z only (counting a CUDA z would need a host sync)
+        self.space: Optional[torch.nn.Module] = None
         self.record = bool(record)
         self.support_log: list[torch.Tensor] = []
         self.net: Optional[torch.nn.Module] = None
@@ -46,7 +52,12 @@ class TorchDistHooks:
         if module.training:
             self.support_log.append(module.support_host)
 
+    def bind(self, space: Optional[torch.nn.Module]) -> None:
+        """The compressed space whose ``z`` :meth:`broadcast_support` sends along (rank 0's) / overwrites."""
+        self.space = space
+
     def wrap(self, module: torch.nn.Module) -> torch.nn.Module:
+        self.bind(getattr(module, "space", self.space))
         if self.record and self.net is not module:
             self.net = module
             module.register_forward_pre_hook(self._log_support)
@@ -61,8 +72,21 @@ class TorchDistHooks:
         if self.world_size == 1:
             return support_host
         local = support_host.detach().to("cpu", torch.int64).contiguous()
-        out = local.clone()
-        dist.broadcast(out, src=0, group=self.group)
+        z = None if self.space is None else self.space.z
+        if z is not None and z.device.type == "cpu":
+            zl = z.detach().to(torch.float64).contiguous()
+            msg = torch.cat([local.reshape(-1), zl.reshape(-1).view(torch.int64)])   # one gloo message
+            dist.broadcast(msg, src=0, group=self.group)
+            out = msg[:local.numel()].view_as(local).clone()
+            z0 = msg[local.numel():].view(torch.float64).view_as(zl)
+            if not torch.equal(z0, zl):
+                self.z_mismatches += 1
+                z.copy_(z0)
+        else:
+            out = local.clone()
+            dist.broadcast(out, src=0, group=self.group)
+            if z is not None:                      # CUDA z: on the device, over the main group, no host sync
+                dist.broadcast(z, src=0)
         self.support_broadcasts += 1
         if not torch.equal(out, local):
             self.support_mismatches += 1

@@ -11,7 +11,10 @@ the net with ``ray.train.torch.prepare_model`` (DDP; re-wrapped whenever nodes s
 and stop decisions.  After every epoch one ``ray.train.report(metrics, checkpoint=...)`` on every rank; rank 0
 attaches the engine state (``state.pt``) and the per-epoch metrics so far (``reports.json``: Ray Train keeps only
 the metrics of its last checkpoints); per-rank gauges :class:`orchestrator.metrics.TrainGauges`.  At the end rank 0
-exports the stand-alone network (Eq. 12) into ``<storage>/<name>/export``.  ``record_dir`` (debugging) makes every
+exports the stand-alone network (Eq. 12) into ``<storage>/<name>/export``.  Once its task is built every rank
+reseeds its global RNGs with ``seed + rank`` (:func:`rank_seed`: distinct drop-path masks and augmentation per rank;
+A, b and the initial weights stay identical), and rank 0 checkpoints every rank's RNG state (``rng_ranks``) so a
+resumed rank continues its own stream.  ``record_dir`` (debugging) makes every
 rank write the support of every training step, its b and its genotype there.
 """
 from __future__ import annotations
@@ -23,10 +26,11 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Optional
 
 import torch
+import torch.distributed as dist
 
 from istanas import checkpoint as ckpt
 from istanas.config import ConfigError, check, deep_merge, from_dict, to_dict
@@ -211,6 +215,62 @@ def check_run(cfg: DistSearchConfig, resume: bool) -> None:
                           f"--storage-path), or choose another --name")
 
 
+# ------------------------------------------------------------------------------------------------ rank seeding
+def rank_seed(seed: int, rank: int) -> int:
+    """Seed of rank ``rank``'s global RNGs (Python, NumPy, torch: drop-path masks, unsharded augmentation) once its
+    task is built: ``seed + rank``.  Rank 0 keeps ``seed``.  What must agree across ranks does not use them: A and
+    the initial b come from the compressed space's own generator (``seed + recovery.seed``), the weights are
+    initialised before the reseed (and DDP broadcasts them), the sharded shuffle derives from ``(seed, epoch)``."""
+    return int(seed) + int(rank)
+
+
+def seeded_wrap(wrap: Callable[[torch.nn.Module], torch.nn.Module], seed: int, rank: int,
+                world_size: int) -> Callable[[torch.nn.Module], torch.nn.Module]:
+    """``wrap`` that, after its first call (the end of the task's construction), reseeds the global RNGs with
+    :func:`rank_seed` when ``world_size > 1`` (before this, every rank drew the same drop-path masks)."""
+    done = [world_size <= 1]
+
+    def wrapped(module: torch.nn.Module) -> torch.nn.Module:
+        out = wrap(module)
+        if not done[0]:
+            done[0] = True
+            ckpt.seed_everything(rank_seed(seed, rank))
+        return out
+
+    return wrapped
+
+
+def gather_rng_states(hooks: TorchDistHooks, rng: dict) -> Optional[list]:
+    """Every rank's RNG state on rank 0 (one ``gather_object`` over the gloo group; a collective: every rank calls
+    it once per epoch), None on the other ranks and with one rank.  Rank 0 checkpoints them as ``rng_ranks``."""
+    if hooks.world_size == 1:
+        return None
+    out = [None] * hooks.world_size if hooks.rank == 0 else None
+    dist.gather_object(rng, out, dst=0, group=hooks.group)
+    return out
+
+
+def resume_for_rank(resume: Optional[dict], rank: int, world_size: int, seed: int) -> Optional[dict]:
+    """The engine state this rank resumes from: rank 0's checkpoint with this rank's own RNG state
+    (``rng_ranks[rank]``), so that a resumed run draws what the uninterrupted one would have.  A checkpoint from
+    another world size (or one written before ``rng_ranks`` existed) gives ranks > 0 the state of
+    ``seed_everything(rank_seed(seed, rank) + 7919 * epoch)`` instead: distinct per rank, still reproducible."""
+    if resume is None or world_size <= 1:
+        return resume
+    ranks = resume.get("rng_ranks")
+    if isinstance(ranks, list) and len(ranks) == world_size and ranks[rank] is not None:
+        return {**resume, "rng": ranks[rank]}
+    if rank == 0:
+        return resume
+    saved = ckpt.rng_state()
+    try:
+        ckpt.seed_everything(rank_seed(seed, rank) + 7919 * int(resume.get("epoch", 0)))
+        rng = ckpt.rng_state()
+    finally:
+        ckpt.set_rng_state(saved)
+    return {**resume, "rng": rng}
+
+
 # ------------------------------------------------------------------------------------------------- worker loop
 def _local_images(loader) -> int:
     """Images one epoch of this rank's training loader serves."""
@@ -282,6 +342,7 @@ def train_loop_per_worker(config: dict, before_report: Optional[BeforeReport] = 
                 with open(os.path.join(d, REPORTS_FILE), encoding="utf-8") as f:
                     reports = [r for r in json.load(f) if int(r.get("epoch", 0)) <= int(resume["epoch"])]
         start = int(resume["epoch"])
+    resume = resume_for_rank(resume, rank, world, scfg.seed)
     if rank == 0 and cfg.verbose:
         what = f"resuming after epoch {start}" if resume is not None else "fresh start"
         print(f"[istanas {cfg.name}] {world} workers ({cfg.backend}, {device.type}), {data.train_size} training "
@@ -301,6 +362,7 @@ def train_loop_per_worker(config: dict, before_report: Optional[BeforeReport] = 
         m["world_size"] = world
         m["resumed_from_epoch"] = start
         m["support_mismatches"] = hooks.support_mismatches
+        m["z_mismatches"] = hooks.z_mismatches
         if sharded_eval and "test_acc" in m:           # every rank evaluated its share: the whole test set's
             m.update(hooks.all_reduce_mean({"test_loss": m["test_loss"], "test_acc": m["test_acc"]}, n_eval))
         if "test_acc" in m:
@@ -313,6 +375,9 @@ def train_loop_per_worker(config: dict, before_report: Optional[BeforeReport] = 
         _record_supports(cfg, hooks, start)
         if before_report is not None:
             before_report(rank, epoch, m)
+        rngs = gather_rng_states(hooks, state["rng"])    # every rank's RNG, so a resume restores each rank's own
+        if rngs is not None:
+            state = last["state"] = {**state, "rng_ranks": rngs}
         reports.append({k: v for k, v in m.items() if k != "genotype"})
         if rank == 0:
             with tempfile.TemporaryDirectory() as d:
@@ -324,10 +389,13 @@ def train_loop_per_worker(config: dict, before_report: Optional[BeforeReport] = 
         if rank == 0 and cfg.verbose:
             print(_epoch_line(cfg, m), flush=True)
 
+    # distinct drop-path masks / augmentation per rank once the task is built (its A, b, weights stay identical)
+    engine_hooks = hooks.as_engine_hooks()
+    engine_hooks = replace(engine_hooks, wrap=seeded_wrap(engine_hooks.wrap, scfg.seed, rank, world))
     with tempfile.TemporaryDirectory(prefix="istanas-export-") as tmp:
         export_dir = os.path.join(tmp, EXPORT_DIR) if rank == 0 else None
         result = run_search("onestage", scfg, data=data, on_epoch_end=on_epoch_end, resume=resume, progress=False,
-                            dist=hooks.as_engine_hooks(), export_dir=export_dir)
+                            dist=engine_hooks, export_dir=export_dir)
         _record_supports(cfg, hooks, start, result.genotype)
         final = scalar_metrics(result.final)
         if last.get("test"):                           # the last evaluation, over the whole test set
@@ -439,5 +507,6 @@ def run_distributed_search(cfg: DistSearchConfig, *, resume: bool = False, valid
 
 
 __all__ = ["DistSearchConfig", "DistOutcome", "build_search_config", "build_trainer", "worker_config", "check_run", "run_exists",
-           "run_distributed_search", "train_loop_per_worker", "BeforeReport", "STATE_FILE", "REPORTS_FILE",
+           "run_distributed_search", "train_loop_per_worker", "BeforeReport", "rank_seed", "seeded_wrap",
+           "gather_rng_states", "resume_for_rank", "STATE_FILE", "REPORTS_FILE",
            "RESULT_FILE", "EXPORT_DIR", "RECORD_PREFIX"]

@@ -21,14 +21,15 @@ import torch
 import yaml
 
 from istanas import cli
-from istanas.checkpoint import atomic_write_text
+from istanas.checkpoint import atomic_write_text, rng_state, seed_everything
 from istanas.config import ConfigError
 from istanas.data import DataConfig, get_loaders
 from istanas.ista.absorb import load_exported
-from istanas.ista.onestage import OneStageConfig, OneStageTask
+from istanas.ista.onestage import DistHooks, OneStageConfig, OneStageTask
 from orchestrator.dist_hooks import TorchDistHooks, shard_eval_loader
 from orchestrator.train_onestage import (RECORD_PREFIX, DistSearchConfig, build_search_config, check_run,
-                                         run_distributed_search, worker_config)
+                                         gather_rng_states, rank_seed, resume_for_rank, run_distributed_search,
+                                         seeded_wrap, worker_config)
 from spaces.registry import load_genotype
 
 N_CLASSES, N_TRAIN, N_VAL = 4, 8, 2
@@ -297,6 +298,10 @@ def _hooks_worker(rank: int, world: int, port: int, out: str) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         hooks = TorchDistHooks(torch.device("cpu"), rank, world)
+        space = torch.nn.Module()
+        space.register_buffer("z", torch.full((2, 4, 35), 0.25 + rank, dtype=torch.float64))
+        space.z[0, 0, 0] = 1e-300 * (1 + rank)             # bit-exact transport of the float64 code
+        hooks.bind(space)
         same = torch.arange(16, dtype=torch.int64).view(2, 4, 2)
         got_same = hooks.broadcast_support(same.clone())
         mine = same + rank                       # rank 1 disagrees: it must get rank 0's support anyway
@@ -304,8 +309,11 @@ def _hooks_worker(rank: int, world: int, port: int, out: str) -> None:
         flags = torch.tensor([[rank == 0, False], [True, rank == 1]])
         agreed = hooks.all_agree(flags)
         mean = hooks.all_reduce_mean({"acc": 1.0 if rank == 0 else 0.0, "loss": 2.0}, 3 if rank == 0 else 1)
+        rngs = gather_rng_states(hooks, {"rank": torch.tensor([rank])})
         torch.save({"same": got_same, "got": got, "agreed": agreed, "mismatches": hooks.support_mismatches,
-                    "broadcasts": hooks.support_broadcasts, "acc": mean["acc"], "loss": mean["loss"]},
+                    "broadcasts": hooks.support_broadcasts, "acc": mean["acc"], "loss": mean["loss"],
+                    "z": space.z.clone(), "z_mismatches": hooks.z_mismatches,
+                    "rngs": [int(r["rank"]) for r in rngs] if rngs is not None else None},
                    os.path.join(out, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -330,6 +338,59 @@ def test_dist_hooks_broadcast_rank0_support_and_stop_decision(tmp_path):
         assert r["broadcasts"] == 2
         assert r["acc"] == pytest.approx(0.75) and r["loss"] == pytest.approx(2.0)   # weighted by images
     assert r0["mismatches"] == 0 and r1["mismatches"] == 1
+    # z travels with the support: rank 1 ends with rank 0's code, bit for bit (corrected once, then in agreement)
+    z0 = torch.full((2, 4, 35), 0.25, dtype=torch.float64)
+    z0[0, 0, 0] = 1e-300
+    assert torch.equal(r0["z"], z0) and torch.equal(r1["z"], z0)
+    assert r0["z_mismatches"] == 0 and r1["z_mismatches"] == 1
+    # every rank's RNG state reaches rank 0 (checkpointed as rng_ranks)
+    assert r0["rngs"] == [0, 1] and r1["rngs"] is None
+
+
+def test_ranks_draw_distinct_masks_from_identical_architecture_rngs():
+    """After the task is built (seeded_wrap, seed + rank) two ranks draw different drop-path masks and augmented
+    batches, while A, b, z, the support and the initial weights are the same on both."""
+    from spaces.networks import drop_path
+
+    cfg = OneStageConfig.preset("small", C=4, layers=3, device="cpu", auxiliary=False,
+                                data={"limit_train": 32, "limit_test": 16})
+    draws = []
+    for rank in (0, 1):
+        seed_everything(cfg.seed)                           # what run_search does on every rank
+        task = OneStageTask(cfg, dist=DistHooks(wrap=seeded_wrap(lambda m: m, cfg.seed, rank, 2)))
+        mask = drop_path(torch.ones(512, 1, 1, 1), 0.5)
+        x = next(iter(task.loaders.train))[0]
+        draws.append((task, mask, x))
+    (t0, m0, x0), (t1, m1, x1) = draws
+    assert not torch.equal(m0, m1)
+    assert not torch.equal(x0, x1) or t0.loaders.train.augment is None
+    for name in ("A", "E", "b", "z"):
+        assert torch.equal(getattr(t0.space, name), getattr(t1.space, name)), name
+    assert torch.equal(t0.support_host, t1.support_host)
+    assert all(torch.equal(a, b) for a, b in zip(t0.net.state_dict().values(), t1.net.state_dict().values()))
+    # rank 0 with one rank, or the identity seeding (the old behaviour), draws the same masks on both ranks
+    seed_everything(cfg.seed)
+    OneStageTask(cfg, dist=DistHooks(wrap=seeded_wrap(lambda m: m, cfg.seed, 1, 1)))
+    single = drop_path(torch.ones(512, 1, 1, 1), 0.5)
+    seed_everything(cfg.seed)
+    OneStageTask(cfg, dist=DistHooks(wrap=seeded_wrap(lambda m: m, cfg.seed, 0, 1)))
+    assert torch.equal(single, drop_path(torch.ones(512, 1, 1, 1), 0.5))
+    assert rank_seed(cfg.seed, 0) == cfg.seed and rank_seed(cfg.seed, 3) == cfg.seed + 3
+
+
+def test_resume_gives_every_rank_its_own_rng_state():
+    seed_everything(1)
+    a = rng_state()
+    seed_everything(2)
+    b = rng_state()
+    resume = {"epoch": 3, "rng": a, "rng_ranks": [a, b], "task": {}}
+    assert resume_for_rank(resume, 0, 2, 0)["rng"] is a and resume_for_rank(resume, 1, 2, 0)["rng"] is b
+    assert resume_for_rank(resume, 1, 1, 0) is resume
+    old = {"epoch": 3, "rng": a, "task": {}}                 # no rng_ranks (or another world size)
+    r1, r2 = resume_for_rank(old, 1, 2, 0)["rng"], resume_for_rank(old, 2, 3, 0)["rng"]
+    assert resume_for_rank(old, 0, 2, 0)["rng"] is a
+    assert not torch.equal(r1["torch"], a["torch"]) and not torch.equal(r1["torch"], r2["torch"])
+    assert torch.equal(resume_for_rank(old, 1, 2, 0)["rng"]["torch"], r1["torch"])      # reproducible
 
 
 def test_wrap_keeps_outputs_and_parameters_and_records_training_supports():
