@@ -246,9 +246,16 @@ def _acc(row) -> str:
         f" ({int(row.get('retrain_seeds', 0))} seeds)"
 
 
+def _md_cell(text: str) -> str:
+    """A user-given string as literal text in a Markdown table cell: HTML escaped (as in report.html), Markdown
+    punctuation backslash-escaped, one line."""
+    text = html.escape(str(text)).replace("\r", " ").replace("\n", " ")
+    return "".join("\\" + ch if ch in "\\`*[]|" else ch for ch in text)
+
+
 def _md_table(headers: list[str], rows: list[list[str]]) -> str:
     out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    out += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
+    out += ["| " + " | ".join(_md_cell(c) for c in r) + " |" for r in rows]
     return "\n".join(out)
 
 

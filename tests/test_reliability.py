@@ -209,3 +209,14 @@ def test_sweep_launcher_exit_status_interrupted_and_all_failed(tmp_path, monkeyp
     ok = outcome(num_errors=1)
     monkeypatch.setattr(launch_sweep, "run_sweep", lambda cfg, **kw: ok)
     assert launch_sweep.main(args) == 0
+
+
+def test_report_md_escapes_user_strings():
+    from orchestrator.report import _md_table
+
+    evil = "<img src=x onerror=alert(1)>|`x` *y* [a](javascript:z)\nnext"
+    text = _md_table(["trial", "error"], [["t1", evil]])
+    row = text.splitlines()[2]
+    assert "<img" not in text and "&lt;img src=x onerror=alert(1)&gt;" in row
+    assert row.count(" | ") == 1 and "\\|" in row  # the pipe cannot open a new column
+    assert "\\`x\\`" in row and "\\*y\\*" in row and "\\[a\\]" in row and "\n" not in row
