@@ -201,3 +201,30 @@ def test_presets_and_yaml_configs():
                       "auxiliary_weight", "grad_clip"):
             assert getattr(cfg, field) == getattr(ref, field), (name, field)
         assert cfg.data.batch_size == ref.data.batch_size and cfg.data.cutout == ref.data.cutout
+
+
+@pytest.mark.parametrize("s", [3, 1])
+def test_retrain_trains_the_s_op_genotype_a_search_wrote(tmp_path, s):
+    """A version-2 genotype file (s ops per node, as an s != 2 search writes it) is retrained as is: the network has
+    s ops per node and its parameter count is that of the s-op cells (more / fewer than the 2-op network)."""
+    from spaces.genotype import Genotype
+    from spaces.networks import build_network
+    from spaces.profile import count_parameters
+    from spaces.registry import get_genotype
+
+    base = get_genotype("ISTA_twostage")
+    cells = {c: tuple(p for i in range(4) for p in ((getattr(base, c)[2 * i:2 * i + 2] + (("sep_conv_5x5", 0),))[:s]))
+             for c in ("normal", "reduce")}
+    g = Genotype(normal=cells["normal"], normal_concat=(2, 3, 4, 5), reduce=cells["reduce"],
+                 reduce_concat=(2, 3, 4, 5), ops_per_node=s)
+    path = tmp_path / "genotype.json"
+    path.write_text(g.to_json(indent=2))
+    cfg = RetrainConfig.preset("quick", epochs=1, device="cpu", genotype=str(path), C=4, layers=3,
+                               data={"limit_train": 64, "limit_test": 32})
+    tasks: list = []
+    r = retrain(cfg, progress=False, task_out=tasks)
+    assert r["genotype_digest"] == g.digest() and r["genotype"] == g.to_dict() and r["genotype"]["version"] == 2
+    assert [c.ops_per_node for c in tasks[0].model.cells] == [s] * 3
+    assert [len(c.ops) for c in tasks[0].model.cells] == [4 * s] * 3
+    two = count_parameters(build_network(base, "digits", C=4, layers=3, in_channels=1))
+    assert (r["params_m"] > two) if s == 3 else (r["params_m"] < two)
