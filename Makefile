@@ -37,5 +37,12 @@ bench: $(STAMP)
 	mkdir -p bench-results
 	for b in benchmarks/bench_*.py; do $(PY) $$b --json bench-results/$$(basename $$b .py).json || exit 1; done
 
+## make gpu-check: everything that needs a GPU in one command (~8 min on one H200): gpu-check/gpu_check.{json,log}
+## (a CPU smoke run: make gpu-check ARGS="--device cpu --tiny")
+# no install step: the device image has torch but no Ray / Optuna / CVXPY (the venv's python when there is one)
+GPU_PY ?= $(if $(wildcard $(PY)),$(PY),python3)
+gpu-check:
+	$(GPU_PY) benchmarks/gpu_check.py --out gpu-check $(ARGS)
+
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -4,7 +4,7 @@ Sections (each recorded as ``{"status": "ok" | "failed" | "skipped", "seconds", 
 its error and the check goes on):
 
 * ``environment``: Python, torch, torchvision, the device, which optional packages (Ray, Optuna, CVXPY) exist.
-* ``cuda_tests``: pytest on the test files that mention CUDA, ``-k "cuda or gpu"``; tests or test modules that
+* ``cuda_tests``: pytest on the test files that mention CUDA, ``-k "cuda or gpu_decode"``; tests or test modules that
   need a missing optional package (Ray, Optuna, CVXPY: the accelerator image has none) are reported skipped, not
   failed (this module is also the pytest plugin that does it: ``-p gpu_check``).
 * ``bench_supernet_b64`` / ``bench_supernet_b256``: ``bench_supernet.py --devices DEVICE --batch 64 | 256``: step
@@ -215,7 +215,7 @@ def cuda_test_files() -> list[str]:
 def cuda_tests(chk: Check) -> dict:
     xml = os.path.join(chk.out, "cuda_tests.xml")
     files = cuda_test_files()
-    p = chk.run(["-m", "pytest", "-q", "-ra", "-p", "gpu_check", "-k", "cuda or gpu", f"--junitxml={xml}",
+    p = chk.run(["-m", "pytest", "-q", "-ra", "-p", "gpu_check", "-k", "cuda or gpu_decode", f"--junitxml={xml}",
                  "-o", "cache_dir=" + os.path.join(chk.out, ".pytest_cache"), *files], name="cuda_tests")
     cases: dict[str, list[str]] = {"passed": [], "failed": [], "skipped": []}
     if os.path.isfile(xml):
