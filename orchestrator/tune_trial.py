@@ -34,6 +34,7 @@ from istanas.tenas.job import score_genotype
 from spaces.nb201 import open_nb201_table
 from spaces.registry import load_genotype
 
+from .resources import check_trial_fits
 from .results import bench_acc_column, benchmark_metrics, scalar_metrics
 from .sweep_config import SweepConfig, build_search_config, build_tenas_config
 
@@ -197,6 +198,7 @@ def run_trial(config: dict, sweep_dict: dict, search_fn: Optional[SearchFn] = No
     threads = max(1, int(sweep.resources_per_trial.cpu))
     torch.set_num_threads(threads)
     search_cfg = build_search_config(sweep, config, validate=True)
+    check_trial_fits(search_cfg, sweep.resources_per_trial.gpu)  # on CUDA: its GPU share, before any data is read
     reporter = TrialReporter(sweep)
     resume = _load_resume()
     t0 = time.perf_counter()
