@@ -385,3 +385,92 @@ def rank_combination(ntk_cond: Sequence[float], linear_regions: Sequence[float])
     from scipy.stats import rankdata
 
     return -(rankdata(np.asarray(ntk_cond)) + rankdata(-np.asarray(linear_regions)))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# NASWOT activation-pattern kernel
+# ----------------------------------------------------------------------------------------------------------
+def naswot_kernel(codes: torch.Tensor) -> torch.Tensor:
+    """``K_H = C C^T + (1 - C)(1 - C)^T`` [N, N] (float64) of binary codes ``C`` [N, D]: ``K_ij = D - d_H(c_i, c_j)``
+    (Mellor et al., ICML 2021, "Neural Architecture Search without Training", Sec. 3)."""
+    c = codes.to(torch.float64)
+    return c @ c.T + (1.0 - c) @ (1.0 - c).T
+
+
+def naswot_score(model: nn.Module, x: torch.Tensor, *, train_mode: bool = True) -> torch.Tensor:
+    """NASWOT score ``log |K_H|`` (``slogdet``; a singular kernel gives ``-inf``) of ``model`` on one batch
+    ``x`` [N, ...] with its current weights, over the codes of every ``nn.ReLU`` module in one forward (BN on
+    the batch's statistics in train mode, as in the released code).  ``K_H`` is accumulated per ReLU as
+    ``2 c c^T - |c_i| - |c_j| + D_l`` (= ``D_l - d_H``), so the [N, D] code matrix is never held.
+    0-dim float64 tensor on ``x``'s device (no sync)."""
+    n = x.shape[0]
+    kern = torch.zeros(n, n, dtype=torch.float64, device=x.device)
+
+    def hook(_m: nn.Module, _inp: tuple, out: torch.Tensor) -> None:
+        c = (out > 0).reshape(n, -1).to(torch.float32)
+        ones = c.sum(dim=1, dtype=torch.float64)
+        kern.add_(2.0 * (c @ c.T).double() - ones[:, None] - ones[None, :] + c.shape[1])
+
+    relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
+    if not relus:
+        raise ValueError("model: has no nn.ReLU module to build the NASWOT kernel from")
+    handles = [m.register_forward_hook(hook) for m in relus]
+    try:
+        with torch.no_grad(), batch_stats_mode(model, train_mode):
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    sign, logabs = torch.linalg.slogdet(kern)
+    return torch.where(sign > 0, logabs, torch.full_like(logabs, -math.inf))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# complexity of a super-net's live part
+# ----------------------------------------------------------------------------------------------------------
+def live_param_count(model: nn.Module, x: torch.Tensor) -> int:
+    """Parameters (each tensor once) of the modules that run in a forward of ``x`` (a super-net with pruned
+    ops counts only its live ops).  Eval mode, no grad; the training mode is restored."""
+    ran: set[int] = set()
+    own = [m for m in model.modules() if any(True for _ in m.parameters(recurse=False))]
+    handles = [m.register_forward_pre_hook(lambda m, _i: ran.add(id(m))) for m in own]
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was)
+    seen: set[int] = set()
+    total = 0
+    for m in own:
+        if id(m) in ran:
+            for p in m.parameters(recurse=False):
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    total += p.numel()
+    return total
+
+
+# ----------------------------------------------------------------------------------------------------------
+# log-rank combination of several indicators
+# ----------------------------------------------------------------------------------------------------------
+def log_rank_combination(columns: Sequence[Sequence[float]], higher_better: Sequence[bool]) -> np.ndarray:
+    """AZ-NAS's combination (Lee & Ham, CVPR 2024, Eq. 9): ``sum_m log(rank_m(a) / n)`` over the indicators,
+    where ``rank_m`` ranks the ``n`` architectures by indicator ``m`` from 1 (worst) to ``n`` (best; ties get
+    the average rank, NaN counts as worst).  ``columns``: ``[m][n]`` values; ``higher_better[m]`` their
+    direction.  Returns ``[n]``; higher is better."""
+    from scipy.stats import rankdata
+
+    if len(columns) != len(higher_better) or not columns:
+        raise ValueError("columns: need one direction per indicator and at least one indicator")
+    total = None
+    for col, up in zip(columns, higher_better):
+        v = np.asarray(col, dtype=np.float64)
+        v = np.where(np.isnan(v), -np.inf if up else np.inf, v)
+        r = rankdata(v if up else -v)
+        term = np.log(r / len(v))
+        total = term if total is None else total + term
+    return total

@@ -24,11 +24,16 @@ import torch
 import torch.nn.functional as F
 
 from istanas.data import DataConfig, image_batch
-from istanas.tenas.indicators import init_weights, linear_regions_once, ntk_kappa
+from istanas.tenas.indicators import (init_weights, linear_regions_once, live_param_count, log_rank_combination,
+                                      naswot_score, ntk_kappa)
 from istanas.tenas.proxies import (DARTS_EDGES, DARTS_GROUPS, DARTS_SEARCH_OPS, DARTS_STEPS, NB201_SEARCH_OPS,
                                    build_proxies)
 from spaces.genotype import Genotype, NB201Genotype
 from spaces.nb201 import NB201_EDGES, make_arch_str, parse_arch_str
+from spaces.profile import count_flops
+
+#: ``score: combined`` components when ``cfg.components`` is None (one complexity term, as AZ-NAS).
+COMBINED_DEFAULT: tuple[str, ...] = ("ntk_cond", "linear_regions", "naswot", "flops")
 
 #: Images drawn from ``istanas.data``'s default data set when no images are given.
 FALLBACK_IMAGES = 256
@@ -190,6 +195,30 @@ class Measurer:
         d_r = np.round((rp - rc) / rp, 3).mean(axis=0)
         return d_k, d_r, float(kp.mean()), float(rp.mean())
 
+    def child_components(self, rnd: int, children: Sequence[np.ndarray], names: Sequence[str]
+                         ) -> dict[str, np.ndarray]:
+        """``naswot`` (mean over repeats, on the NTK proxy with the NTK unit of each repeat), ``params`` and
+        ``flops`` (the NTK proxy's live ops) of each child mask; ``{name: [n]}`` for the names asked."""
+        out: dict[str, list] = {n: [] for n in names if n in ("naswot", "params", "flops")}
+        s = self.cfg.input_size
+        probe = torch.zeros(1, 3, s, s, device=self.device)
+        for c, child in enumerate(children):
+            self.ntk_net.set_mask(child)
+            if "naswot" in out:
+                vals = []
+                for r in range(self.cfg.repeats):
+                    ki, kb, _, _ = self.units(rnd, r, c)
+                    if ki != self._ntk_key:
+                        init_weights(self.ntk_net, self.ntk_init, _key_seed(self.cfg.seed, 2, *ki))
+                        self._ntk_key = ki
+                    vals.append(naswot_score(self.ntk_net, self._data(0, kb)))
+                out["naswot"].append(torch.stack(vals).mean())
+            if "params" in out:
+                out["params"].append(float(live_param_count(self.ntk_net, probe)))
+            if "flops" in out:
+                out["flops"].append(count_flops(self.ntk_net, (1, 3, s, s)))
+        return {n: (torch.stack(v).cpu().numpy() if n == "naswot" else np.array(v)) for n, v in out.items()}
+
     def score(self, mask: np.ndarray, key: int = 0) -> tuple[float, float]:
         """Mean (kappa, regions) of one fixed architecture over the repeats (units shared across archs)."""
         ks, rs = [], []
@@ -250,6 +279,22 @@ def select_prunes(groups: Sequence[Any], d_kappa: np.ndarray, d_regions: np.ndar
     out: list[int] = []
     for g, idx in members.items():
         idx = sorted(idx, key=lambda i: (score[i], pos[i]))
+        out.extend(idx[:num_prune(g, len(idx))])
+    return sorted(out)
+
+
+def select_prunes_logrank(groups: Sequence[Any], goodness: Sequence[np.ndarray],
+                          num_prune: Callable[[Any, int], int]) -> list[int]:
+    """``score: combined``: candidate i's child gets ``sum_m log(rank_m / n)`` over the ``goodness`` columns
+    (each higher = better child, ranked over all candidates of the round); in each group prune the
+    ``num_prune(group, size)`` candidates whose children score highest (ties: candidate order)."""
+    combined = log_rank_combination(list(goodness), [True] * len(goodness))
+    members: dict[Any, list[int]] = {}
+    for i, g in enumerate(groups):
+        members.setdefault(g, []).append(i)
+    out: list[int] = []
+    for g, idx in members.items():
+        idx = sorted(idx, key=lambda i: (-combined[i], i))
         out.extend(idx[:num_prune(g, len(idx))])
     return sorted(out)
 
@@ -327,6 +372,18 @@ def _is_single_path(mask: np.ndarray) -> bool:
     return bool((mask.sum(axis=2) <= 1).all())
 
 
+def _select(cfg: Any, meas: Measurer, rnd: int, children: Sequence[np.ndarray], groups: Sequence[Any],
+            d_k: np.ndarray, d_r: np.ndarray, num_prune: Callable[[Any, int], int]) -> list[int]:
+    """The candidates a round prunes under ``cfg.score`` (``"tenas"``: the released rank sum)."""
+    if cfg.score == "tenas":
+        return select_prunes(groups, d_k, d_r, num_prune, cfg.precision)
+    names = tuple(cfg.components) if cfg.components else COMBINED_DEFAULT
+    extra = meas.child_components(rnd, children, names)
+    # child goodness: a large drop of kappa (dK) and a small loss of regions (-dR) make a good child
+    cols = {"ntk_cond": d_k, "linear_regions": -d_r, **extra}
+    return select_prunes_logrank(groups, [cols[n] for n in names], num_prune)
+
+
 def prune(cfg: Any, meas: Measurer, report: Callable[[dict], None] | None = None,
           t0: float | None = None) -> tuple[np.ndarray, list[dict]]:
     """The pruning rounds (module doc) on ``meas``'s proxies -> (final single-path mask, per-round dicts).
@@ -366,8 +423,8 @@ def prune(cfg: Any, meas: Measurer, report: Callable[[dict], None] | None = None
             child[t, e, o] = False
             children.append(child)
         d_k, d_r, kp, rp = meas.deltas(rnd, mask, children)
-        pruned = select_prunes([(t, e) for t, e, _ in cands], d_k, d_r,
-                               lambda g, size: min(cfg.prune_number, size - 1), cfg.precision)
+        pruned = _select(cfg, meas, rnd, children, [(t, e) for t, e, _ in cands], d_k, d_r,
+                         lambda g, size: min(cfg.prune_number, size - 1))
         for i in pruned:
             t, e, o = cands[i]
             mask[t, e, o] = False
@@ -389,7 +446,7 @@ def prune(cfg: Any, meas: Measurer, report: Callable[[dict], None] | None = None
                     child[t, e, :] = False
                     children.append(child)
                 d_k, d_r, kp, rp = meas.deltas(rnd, mask, children)
-                pruned = select_prunes([0] * len(cands), d_k, d_r, lambda g, size: size - 2, cfg.precision)
+                pruned = _select(cfg, meas, rnd, children, [0] * len(cands), d_k, d_r, lambda g, size: size - 2)
                 for i in pruned:
                     mask[t, cands[i][1], :] = False
                 finish_round("edges", cands, d_k, d_r, pruned, kp, rp, t_start)

@@ -1,0 +1,152 @@
+"""Search quality of TE-NAS and of the combined training-free score on NAS-Bench-201 ground truth.
+
+Usage::
+
+    nice -n 10 python benchmarks/bench_tenas_quality.py --json /tmp/btq.json [--seeds 5] [--cells 1000] [--all]
+        [--couplings frozen,batch] [--device cuda]
+
+* ``search``: for each BN coupling of ``--couplings`` and seeds ``0..--seeds-1``, the TE-NAS pruning search with
+  the ``paper`` settings (batch 72, 3000 patches, 3 repeats, init as released) on the whole CIFAR-10 training
+  set (``../shared/data/cifar10-jpg.zip``, un-augmented pool), and the same search with ``score: combined``
+  (``--combined-couplings``); each found cell looked up, after the search, in ``nasbench201_full.csv``:
+  CIFAR-10 / CIFAR-100 / ImageNet16-120 test accuracy, mean +/- std over the seeds, and the time per search.
+* ``correlation``: a fixed random sample of ``--cells`` cells of the table (seed ``--sample-seed``; all 15,625
+  with ``--all``), each scored once (``--score-repeats``) on the same images: Kendall tau / Spearman rho against
+  the three accuracies of every component (``ntk_cond`` negated), TE-NAS's rank sum, ``log R - log kappa``, the
+  log-rank combinations of :data:`COMBINATIONS`; #params and FLOPs (of the cell's C=16, N=5 network) are the
+  baselines.  ``time_per_cell_s``: wall time per scored cell (all components).
+
+The JSON is rewritten (atomically) after every search and after the correlation study, so a run cut short
+keeps what it finished.  The table is read only to look found cells up and to correlate, never by a search.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from istanas.checkpoint import atomic_write_json  # noqa: E402
+from istanas.data import DataConfig, default_root, image_batch  # noqa: E402
+from istanas.tenas.job import TENAS_PRESETS, TenasConfig, tenas_search  # noqa: E402
+from istanas.tenas.score import COMPONENTS, oriented_scores, rank_correlations, score_cells  # noqa: E402
+from spaces.nb201 import TABLE_DATASETS, open_nb201_table  # noqa: E402
+
+#: Log-rank combinations reported (fixed before any measurement; "combined" is the default of ``score: combined``).
+COMBINATIONS: dict[str, tuple[str, ...]] = {
+    "combined": ("ntk_cond", "linear_regions", "naswot", "flops"),
+    "combined_all": ("ntk_cond", "linear_regions", "naswot", "params", "flops"),
+    "naswot+flops": ("naswot", "flops"),
+    "tenas+flops": ("ntk_cond", "linear_regions", "flops"),
+}
+
+
+#: The searches' settings: ``paper`` = ``TENAS_PRESETS["paper"]`` (the released values, TenasConfig defaults);
+#: ``small`` = ``TENAS_PRESETS["small"]`` (16x16 inputs, NTK batch 16, 500 patches, 1 repeat).
+PRESET_SETTINGS: dict[str, dict] = {name: dict(TENAS_PRESETS[name]["tenas"]) for name in ("paper", "small")}
+
+
+def _summary(values: list[float]) -> dict[str, float]:
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "n": len(values)}
+
+
+def run_searches(out: dict, args: argparse.Namespace, images: torch.Tensor, table, save) -> None:
+    runs = [("tenas", c) for c in args.couplings] + [("combined", c) for c in args.combined_couplings]
+    for score, coupling in runs:
+        name = f"{score}_{coupling}"
+        rec = out["search"].setdefault(name, {"score": score, "bn_coupling": coupling, "preset": args.preset,
+                                              "runs": []})
+        for seed in range(args.seeds):
+            cfg = TenasConfig(**{**PRESET_SETTINGS[args.preset], "bn_coupling": coupling, "score": score,
+                                 "seed": seed, "device": args.device})
+            t0 = time.perf_counter()
+            res = tenas_search(cfg, images)
+            found = table.lookup(res["arch"])
+            rec["runs"].append({"seed": seed, "arch": res["arch"], "search_time_s": res["wall_time_s"],
+                                "total_time_s": time.perf_counter() - t0,
+                                **{d: found[d] for d in TABLE_DATASETS}, "percentile": found["percentile"]})
+            for d in TABLE_DATASETS:
+                rec[d] = _summary([r[d] for r in rec["runs"]])
+            rec["search_time_s"] = _summary([r["search_time_s"] for r in rec["runs"]])
+            print(f"{name} seed {seed}: {res['arch']} cifar10 {found['cifar10']:.2f} "
+                  f"({res['wall_time_s']:.0f} s)", flush=True)
+            save()
+
+
+def run_correlation(out: dict, args: argparse.Namespace, images: torch.Tensor, table, save) -> None:
+    archs = sorted(table.archs())
+    n = len(archs) if args.all else args.cells
+    pick = sorted(np.random.default_rng(args.sample_seed).choice(len(archs), size=n, replace=False))
+    sample = [archs[i] for i in pick]
+    cfg = TenasConfig(bn_coupling=args.score_coupling, repeats=args.score_repeats, device=args.device,
+                      naswot_cells=args.naswot_cells, naswot_batch=args.naswot_batch)
+    t0 = time.perf_counter()
+    cols = score_cells(sample, images, cfg.resolved(), list(COMPONENTS))
+    scores = oriented_scores(cols, COMBINATIONS)
+    out["correlation"] = {
+        "cells": n, "sample_seed": args.sample_seed, "score_repeats": args.score_repeats,
+        "bn_coupling": args.score_coupling, "naswot_cells": args.naswot_cells, "naswot_batch": args.naswot_batch,
+        "time_per_cell_s": cols["time_per_cell_s"], "wall_s": time.perf_counter() - t0,
+        "combinations": {k: list(v) for k, v in COMBINATIONS.items()},
+        "by_dataset": {d: rank_correlations(scores, [table.accuracy(a, d) for a in sample]) for d in TABLE_DATASETS},
+    }
+    print(f"correlation over {n} cells, {cols['time_per_cell_s']:.2f} s/cell", flush=True)
+    for k, v in out["correlation"]["by_dataset"]["cifar10"].items():
+        print(f"  {k:18s} tau {v['kendall_tau']:+.3f} rho {v['spearman_rho']:+.3f}", flush=True)
+    save()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--json", required=True)
+    p.add_argument("--table", default=None, help="nasbench201_full.csv (default: ../shared/data)")
+    p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--preset", choices=sorted(PRESET_SETTINGS), default="paper", help="the searches' settings")
+    p.add_argument("--couplings", default="frozen", help="TE-NAS searches: comma list of batch, frozen ('' = none)")
+    p.add_argument("--combined-couplings", default="frozen", help="score: combined searches ('' = none)")
+    p.add_argument("--cells", type=int, default=1000)
+    p.add_argument("--all", action="store_true", help="correlate all 15,625 cells")
+    p.add_argument("--sample-seed", type=int, default=0)
+    p.add_argument("--score-repeats", type=int, default=1)
+    p.add_argument("--score-coupling", default="frozen")
+    p.add_argument("--naswot-cells", type=int, default=None, help="cells per stage of the NASWOT network (5)")
+    p.add_argument("--naswot-batch", type=int, default=128)
+    p.add_argument("--skip-search", action="store_true")
+    p.add_argument("--skip-correlation", action="store_true")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.couplings = [c for c in args.couplings.split(",") if c]
+    args.combined_couplings = [c for c in args.combined_couplings.split(",") if c]
+    table_path = args.table or os.path.join(os.path.dirname(default_root("cifar10") or "../shared/data/x"),
+                                            "nasbench201_full.csv")
+    if default_root("cifar10") is None:
+        print("bench_tenas_quality: no CIFAR-10 found (../shared/data/cifar10-jpg.zip)", file=sys.stderr)
+        return 2
+    table = open_nb201_table(table_path)
+    images = image_batch(DataConfig(dataset="cifar10"), 1 << 40)
+    out: dict = {"table": table_path, "table_cells": len(table), "images": list(images.shape),
+                 "torch_threads": torch.get_num_threads(), "search": {}}
+
+    def save() -> None:
+        atomic_write_json(args.json, out)
+
+    if not args.skip_correlation:
+        run_correlation(out, args, images, table, save)
+    if not args.skip_search:
+        run_searches(out, args, images, table, save)
+    save()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
