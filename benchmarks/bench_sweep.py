@@ -19,18 +19,40 @@
    py_modules).  Reported: trials per second over ``Tuner.fit``, the ideal rate (slots / trial duration), the
    efficiency, the mean trial time inside its worker, and how the trials spread over the nodes.
 
-Usage: ``python benchmarks/bench_sweep.py --json bench-results/bench_sweep.json [--trials 4] [--epochs 2]``.
+   Both the overhead and the throughput runs also record, per epoch, the time of the trial's
+   ``on_epoch_end`` hook (``tune.report`` + the trial checkpoint when one is due) against the search's own epoch
+   time (``hook_s_per_epoch``, ``hook_share``), measured inside the trials.
+3. Processes.  The same searches (same configs, same seeds) run as ``--concurrent`` plain worker processes
+   without Ray (a ``multiprocessing`` spawn pool, one torch thread each, the searches handed out one at a time as
+   slots free up, like the sweep's trials): ``overhead_ratio_vs_processes = sweep time / processes time``.  The
+   processes share the cores exactly as the trials do, so this ratio is what Ray and Tune add, without the
+   contention that ``overhead_ratio`` (against the ideal split) also charges.
+4. Scale (``--scale``).  ``--scale-trials`` (1,000) stand-in trials of ``--scale-epochs`` x ``--scale-epoch-s``
+   seconds on a simulated cluster (``ray.cluster_utils.Cluster``) of ``--scale-nodes`` (8) worker nodes of 2 CPUs:
+   trials per second over ``Tuner.fit`` against the ideal (slots / trial duration), the same over the middle
+   80 % of the trial ends (steady state, without start-up and tail), the driver's peak RSS during the sweep, the
+   experiment folder's size on disk (and of Tune's experiment state files), the time of ``--resume`` of the
+   finished experiment, and Optuna's ``suggest`` time at trial 1 / 100 / 1,000 (timed in the driver).
+   ``--tune-env KEY=VALUE`` sets Tune environment variables for that run (e.g. ``TUNE_GLOBAL_CHECKPOINT_S=60``).
+
+Usage: ``python benchmarks/bench_sweep.py --json bench-results/bench_sweep.json [--trials 4] [--epochs 2]``;
+``python benchmarks/bench_sweep.py --json out.json --scale`` (the scale run alone).
 """
 from __future__ import annotations
 
 import argparse
 import collections
+import json
 import math
+import multiprocessing
 import os
 import platform
+import statistics
 import sys
 import tempfile
+import threading
 import time
+from typing import Optional
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
@@ -39,7 +61,9 @@ import torch  # noqa: E402
 from istanas.checkpoint import atomic_write_json  # noqa: E402
 from istanas.search import run_search  # noqa: E402
 from orchestrator.sweep import run_sweep  # noqa: E402
-from orchestrator.sweep_config import build_search_config, load_sweep_config  # noqa: E402
+from orchestrator.sweep_config import SweepConfig, build_search_config, load_sweep_config  # noqa: E402
+
+PROFILE_DIR_ENV = "ISTANAS_BENCH_PROFILE_DIR"   # where the trials write their per-epoch hook timings
 
 
 def short_search(cfg, *, data=None, on_epoch_end=None, resume=None, progress=False):
@@ -56,7 +80,87 @@ def short_search(cfg, *, data=None, on_epoch_end=None, resume=None, progress=Fal
             on_epoch_end(dict(m), {"epoch": e + 1, "task": {}, "history": hist, "done": e + 1 == cfg.epochs})
     g = {"space": "darts", "normal": [["skip_connect", i % 2] for i in range(8)], "normal_concat": [2, 3, 4, 5],
          "reduce": [["max_pool_3x3", i % 2] for i in range(8)], "reduce_concat": [2, 3, 4, 5]}
-    return {"genotype": g, "history": hist, "final": {}}
+    return {"genotype": g, "history": hist, "final": {"bench_t_end": time.time()}}
+
+
+def _timed_hook(on_epoch_end, hook_s: list):
+    """``on_epoch_end`` that appends the seconds each call takes (``tune.report`` + checkpoint) to ``hook_s``."""
+    if on_epoch_end is None:
+        return None
+
+    def hook(metrics, state=None):
+        t = time.perf_counter()
+        on_epoch_end(metrics, state)
+        hook_s.append(time.perf_counter() - t)
+
+    return hook
+
+
+def _write_profile(kind: str, hook_s: list, total_s: float) -> None:
+    d = os.environ.get(PROFILE_DIR_ENV)
+    if d:
+        atomic_write_json(os.path.join(d, f"{kind}-{os.getpid()}-{time.time_ns()}.json"),
+                          {"hook_s": hook_s, "total_s": total_s})
+
+
+def profiled_search(cfg, *, data=None, on_epoch_end=None, resume=None, progress=False):
+    """The two-stage search (``run_search``) with its ``on_epoch_end`` hook timed (``$ISTANAS_BENCH_PROFILE_DIR``)."""
+    hook_s: list = []
+    t0 = time.perf_counter()
+    out = run_search("twostage", cfg, data=data, on_epoch_end=_timed_hook(on_epoch_end, hook_s), resume=resume,
+                     progress=progress)
+    _write_profile("search", hook_s, time.perf_counter() - t0)
+    return out
+
+
+def profiled_short_search(cfg, *, data=None, on_epoch_end=None, resume=None, progress=False):
+    """:func:`short_search` with its hook timed."""
+    hook_s: list = []
+    t0 = time.perf_counter()
+    out = short_search(cfg, on_epoch_end=_timed_hook(on_epoch_end, hook_s), resume=resume)
+    _write_profile("short", hook_s, time.perf_counter() - t0)
+    return out
+
+
+def read_profiles(d: str) -> dict:
+    """Per-epoch hook time against the searches' own epoch time, over every profile file in ``d``."""
+    hooks, totals, epochs = [], 0.0, 0
+    for name in sorted(os.listdir(d)):
+        if name.endswith(".json"):
+            with open(os.path.join(d, name), encoding="utf-8") as f:
+                p = json.load(f)
+            hooks += p["hook_s"]
+            totals += p["total_s"]
+            epochs += len(p["hook_s"])
+    if not epochs:
+        return {}
+    own = (totals - sum(hooks)) / epochs
+    return {"epochs_profiled": epochs, "hook_s_per_epoch": sum(hooks) / epochs,
+            "hook_s_max": max(hooks), "search_epoch_s": own, "hook_share": sum(hooks) / max(totals, 1e-9)}
+
+
+def _conv(c: dict) -> dict:
+    return {k: (int(v) if k in ("s", "m") or k.startswith("m_") else float(v)) for k, v in c.items()}
+
+
+def _process_search(job: tuple[dict, dict]) -> float:
+    """One search in a plain worker process (no Ray): one torch thread, as in a trial; returns its seconds."""
+    sweep_dict, config = job
+    torch.set_num_threads(1)
+    cfg = SweepConfig.from_dict(sweep_dict)
+    t0 = time.perf_counter()
+    run_search(cfg.method, build_search_config(cfg, config), progress=False)
+    return time.perf_counter() - t0
+
+
+def run_as_processes(cfg: SweepConfig, configs: list[dict], n: int) -> tuple[float, list[float]]:
+    """(wall seconds, per-search seconds) of ``configs`` run by ``n`` spawned worker processes, one search at a
+    time each, handed out as processes free up (start-up and imports of the workers included)."""
+    ctx = multiprocessing.get_context("spawn")
+    t0 = time.perf_counter()
+    with ctx.Pool(n) as pool:
+        per = list(pool.imap(_process_search, [(cfg.to_dict(), _conv(c)) for c in configs], chunksize=1))
+    return time.perf_counter() - t0, per
 
 
 def bench_overhead(args, root: str) -> dict:
@@ -66,13 +170,17 @@ def bench_overhead(args, root: str) -> dict:
                  f"max_concurrent={args.concurrent}", "asha.enabled=false", "retrain.top_k=0", "dashboard=false",
                  "verbose=0", f"search.epochs={args.epochs}", "search.device=cpu", *args.set]
     cfg = load_sweep_config(overrides=overrides)
+    prof = os.path.join(root, "profile-overhead")
+    os.makedirs(prof, exist_ok=True)
+    os.environ[PROFILE_DIR_ENV] = prof   # the local Ray's workers inherit it
     t0 = time.perf_counter()
     ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
     init_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    out = run_sweep(cfg, echo=False)
+    out = run_sweep(cfg, search_fn=profiled_search, echo=False)
     sweep_s = time.perf_counter() - t0
     ray.shutdown()
+    os.environ.pop(PROFILE_DIR_ENV, None)
     import pandas as pd
 
     df = pd.read_parquet(out.table_parquet)
@@ -82,13 +190,14 @@ def bench_overhead(args, root: str) -> dict:
         torch.set_num_threads(threads)
         times = []
         for c in configs:
-            c = {k: (int(v) if k in ("s", "m") or k.startswith("m_") else float(v)) for k, v in c.items()}
+            c = _conv(c)
             s0 = time.perf_counter()
             run_search(cfg.method, build_search_config(cfg, c), progress=False)
             times.append(time.perf_counter() - s0)
         return times
 
     in_trial = float(df["search_session_s"].sum())  # the searches' own time inside the trials
+    proc_s, proc_per = run_as_processes(cfg, configs, args.concurrent)
     per = direct(1)  # what each trial runs: one search on one CPU
     seq = sum(per)
     ideal = seq / args.concurrent
@@ -98,7 +207,11 @@ def bench_overhead(args, root: str) -> dict:
              "overhead_ratio": sweep_s / ideal, "overhead_ratio_tune_fit": out.tune_time_s / ideal,
              "in_trial_search_s": in_trial,
              "orchestration_ratio": sweep_s / (in_trial / args.concurrent),
-             "target_overhead_ratio": 1.10}
+             "target_overhead_ratio": 1.10,
+             "processes_s": proc_s, "processes_per_search_s": proc_per,
+             "overhead_ratio_vs_processes": sweep_s / proc_s,
+             "overhead_ratio_vs_processes_tune_fit": out.tune_time_s / proc_s,
+             "target_overhead_ratio_vs_processes": 1.05, "per_epoch": read_profiles(prof)}
     if args.direct_threads:
         per_t = direct(args.direct_threads)
         out_d.update({"direct_threads": args.direct_threads, "direct_multithread_s": sum(per_t),
@@ -106,39 +219,158 @@ def bench_overhead(args, root: str) -> dict:
     return out_d
 
 
-def bench_throughput(args, root: str) -> dict:
+class _PeakRSS:
+    """The peak resident memory of this process while the block runs (sampled from /proc every 0.2 s)."""
+
+    def __enter__(self) -> "_PeakRSS":
+        self.start = self.peak = _rss()
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            self.peak = max(self.peak, _rss())
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._t.join()
+        self.peak = max(self.peak, _rss())
+
+
+def _rss() -> int:
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+class _SuggestTimer:
+    """Times every ``OptunaSearch.suggest`` call in this driver (the searcher runs here) while the block runs."""
+
+    def __enter__(self) -> "_SuggestTimer":
+        from ray.tune.search.optuna import OptunaSearch
+
+        self.times: list[float] = []
+        self._cls, self._orig = OptunaSearch, OptunaSearch.suggest
+        orig, times = self._orig, self.times
+
+        def suggest(searcher, trial_id):
+            t = time.perf_counter()
+            out = orig(searcher, trial_id)
+            if out is not None:
+                times.append(time.perf_counter() - t)
+            return out
+
+        OptunaSearch.suggest = suggest
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._cls.suggest = self._orig
+
+    def at(self, k: int) -> Optional[float]:
+        """Median time of suggestions k-2 .. k+2 (1-based), None when fewer were made."""
+        if len(self.times) < k:
+            return None
+        lo, hi = max(0, k - 3), min(len(self.times), k + 2)
+        return statistics.median(self.times[lo:hi])
+
+
+def _du(path: str, pattern: str = "") -> int:
+    total = 0
+    for d, _, files in os.walk(path):
+        for f in files:
+            if pattern in f:
+                try:
+                    total += os.path.getsize(os.path.join(d, f))
+                except OSError:
+                    pass
+    return total
+
+
+def cluster_sweep(root: str, name: str, *, nodes: int, trials: int, epochs: int, epoch_s: float,
+                  overrides: list[str] = (), tune_env: list[str] = (), resume: bool = False) -> dict:
+    """``trials`` stand-in trials (``epochs`` x ``epoch_s`` s, hooks timed) on a simulated cluster of ``nodes``
+    worker nodes of 2 CPUs (a head without CPUs), ``2 * nodes`` at a time, joined by address as ``--address``
+    does; with ``resume`` also the time of ``--resume`` of the finished experiment."""
     import pandas as pd
     import ray
     from ray.cluster_utils import Cluster
 
-    os.environ["ISTANAS_BENCH_EPOCH_S"] = str(args.short_epoch_s)
+    prof = os.path.join(root, f"profile-{name}")
+    os.makedirs(prof, exist_ok=True)
+    env = {"ISTANAS_BENCH_EPOCH_S": str(epoch_s), PROFILE_DIR_ENV: prof}
+    for kv in tune_env:
+        k, _, v = kv.partition("=")
+        env[k] = v
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)          # the driver's Tune reads TUNE_*; the nodes' workers inherit the rest
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
-    for _ in range(args.nodes):
+    for _ in range(nodes):
         cluster.add_node(num_cpus=2)
     cluster.wait_for_nodes()
-    slots = 2 * args.nodes
-    overrides = [f"storage_path={root}", "name=throughput", f"num_samples={args.short_trials}",
-                 f"max_concurrent={slots}", "asha.enabled=false", "retrain.top_k=0", "dashboard=false",
-                 "verbose=0", f"search.epochs={args.short_epochs}", "search.device=cpu", "checkpoint_every=1000"]
-    # run_sweep joins the cluster itself (the --address path: code shipped as runtime_env py_modules)
-    cfg = load_sweep_config(overrides=overrides + [f"address={cluster.address}"])
+    slots = 2 * nodes
+    base = [f"storage_path={root}", f"name={name}", f"num_samples={trials}", f"max_concurrent={slots}",
+            "asha.enabled=false", "retrain.top_k=0", "dashboard=false", "verbose=0", f"search.epochs={epochs}",
+            "search.device=cpu", "checkpoint_every=1000", *overrides]
+    cfg = load_sweep_config(overrides=base + [f"address={cluster.address}"])
+    res: dict = {}
     try:
-        t0 = time.perf_counter()
-        out = run_sweep(cfg, search_fn=short_search, echo=False)
-        total_s = time.perf_counter() - t0
+        with _PeakRSS() as mem, _SuggestTimer() as sug:
+            t0 = time.perf_counter()
+            out = run_sweep(cfg, search_fn=profiled_short_search, echo=False)
+            total_s = time.perf_counter() - t0
         df = pd.read_parquet(out.table_parquet)
+        if resume:
+            t0 = time.perf_counter()
+            again = run_sweep(cfg, resume=True, search_fn=profiled_short_search, echo=False)
+            res["resume_s"] = time.perf_counter() - t0
+            res["resume_trials"] = again.num_trials
     finally:
         if ray.is_initialized():
             ray.shutdown()
         cluster.shutdown()
-    trial_s = args.short_epochs * args.short_epoch_s
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    trial_s = epochs * epoch_s
     rate = len(df) / out.tune_time_s
     ideal = slots / trial_s
-    return {"nodes": args.nodes, "cpus_per_node": 2, "slots": slots, "trials": int(len(df)),
-            "trial_duration_s": trial_s, "tune_fit_s": out.tune_time_s, "sweep_s": total_s,
-            "trial_time_total_s_mean": float(df["search_time_s"].mean()),
-            "trials_per_s": rate, "ideal_trials_per_s": ideal, "efficiency": rate / ideal,
-            "trials_per_node": dict(collections.Counter(df["node_id"].astype(str).str[:8]))}
+    res.update({"nodes": nodes, "cpus_per_node": 2, "slots": slots, "trials": int(len(df)),
+                "trial_duration_s": trial_s, "tune_fit_s": out.tune_time_s, "sweep_s": total_s,
+                "trial_time_total_s_mean": float(df["search_time_s"].mean()),
+                "trials_per_s": rate, "ideal_trials_per_s": ideal, "efficiency": rate / ideal,
+                "trials_per_node": dict(collections.Counter(df["node_id"].astype(str).str[:8])),
+                "driver_rss_start_mb": mem.start / 2**20, "driver_rss_peak_mb": mem.peak / 2**20,
+                "experiment_mb": _du(cfg.experiment_path) / 2**20,
+                "experiment_state_mb": _du(cfg.experiment_path, "experiment_state") / 2**20,
+                "tune_env": list(tune_env), "overrides": list(overrides),
+                "suggest_s": {str(k): sug.at(k) for k in (1, 100, 1000)}, "suggestions": len(sug.times),
+                "per_epoch": read_profiles(prof)})
+    ends = sorted(float(x) for x in df.get("bench_t_end", pd.Series(dtype=float)).dropna())
+    if len(ends) >= 10:
+        a, b = ends[len(ends) // 10], ends[(9 * len(ends)) // 10]
+        n = (9 * len(ends)) // 10 - len(ends) // 10
+        res["steady_trials_per_s"] = n / max(b - a, 1e-9)
+        res["steady_efficiency"] = res["steady_trials_per_s"] / ideal
+    return res
+
+
+def bench_throughput(args, root: str) -> dict:
+    return cluster_sweep(root, "throughput", nodes=args.nodes, trials=args.short_trials, epochs=args.short_epochs,
+                         epoch_s=args.short_epoch_s, tune_env=args.tune_env)
+
+
+def bench_scale(args, root: str) -> dict:
+    return cluster_sweep(root, "scale", nodes=args.scale_nodes, trials=args.scale_trials, epochs=args.scale_epochs,
+                         epoch_s=args.scale_epoch_s, overrides=args.set, tune_env=args.tune_env, resume=True)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -157,7 +389,19 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--short-epoch-s", type=float, default=0.5)
     ap.add_argument("--skip-overhead", action="store_true")
     ap.add_argument("--skip-throughput", action="store_true")
+    ap.add_argument("--scale", action="store_true", help="run the scale benchmark alone (see the module doc)")
+    ap.add_argument("--scale-trials", type=int, default=1000)
+    ap.add_argument("--scale-nodes", type=int, default=8)
+    ap.add_argument("--scale-epochs", type=int, default=2)
+    ap.add_argument("--scale-epoch-s", type=float, default=1.0)
+    ap.add_argument("--tune-env", action="append", default=[], metavar="KEY=VALUE",
+                    help="Tune environment variables for the cluster runs (repeatable)")
     args = ap.parse_args(argv)
+    for kv in args.tune_env:
+        if "=" not in kv or not kv.split("=", 1)[0].startswith("TUNE_"):
+            ap.error(f"--tune-env: expected TUNE_NAME=VALUE, got {kv!r}")
+    if args.scale:
+        args.skip_overhead = args.skip_throughput = True
     res: dict = {"machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
                              "platform": platform.platform(), "loadavg_start": os.getloadavg()}}
     with tempfile.TemporaryDirectory(prefix="bench-sweep-") as root:
@@ -168,7 +412,9 @@ def main(argv: list[str] | None = None) -> dict:
                   f"directly {o['direct_sequential_s']:.1f} s / {o['concurrent']} = {o['direct_s']:.1f} s -> "
                   f"overhead_ratio {o['overhead_ratio']:.3f} (target <= 1.10); ray.init {o['ray_init_s']:.1f} s; "
                   f"sweep / (time inside the trials' searches / {o['concurrent']}) = "
-                  f"{o['orchestration_ratio']:.3f}",
+                  f"{o['orchestration_ratio']:.3f}; the same searches as {o['concurrent']} plain processes "
+                  f"{o['processes_s']:.1f} s -> overhead_ratio_vs_processes {o['overhead_ratio_vs_processes']:.3f} "
+                  f"(target <= 1.05); per epoch: {o['per_epoch']}",
                   flush=True)
         if not args.skip_throughput:
             res["throughput"] = bench_throughput(args, root)
@@ -178,6 +424,15 @@ def main(argv: list[str] | None = None) -> dict:
                   f"{t['ideal_trials_per_s']:.2f} (efficiency {t['efficiency']:.2f}; a trial took "
                   f"{t['trial_time_total_s_mean']:.2f} s in its worker); per node "
                   f"{t['trials_per_node']}", flush=True)
+        if args.scale:
+            res["scale"] = bench_scale(args, root)
+            c = res["scale"]
+            print(f"scale: {c['trials']} trials of {c['trial_duration_s']:.1f} s on {c['nodes']} simulated nodes "
+                  f"({c['slots']} slots): {c['trials_per_s']:.2f} trials/s vs ideal {c['ideal_trials_per_s']:.2f} "
+                  f"(efficiency {c['efficiency']:.2f}, steady {c.get('steady_efficiency', float('nan')):.2f}); "
+                  f"driver peak RSS {c['driver_rss_peak_mb']:.0f} MB; experiment {c['experiment_mb']:.1f} MB "
+                  f"(state {c['experiment_state_mb']:.1f} MB); resume {c['resume_s']:.1f} s; Optuna suggest "
+                  f"{c['suggest_s']}", flush=True)
     res["machine"]["loadavg_end"] = os.getloadavg()  # other work on the machine distorts the timings
     atomic_write_json(args.json, res)
     return res
