@@ -292,7 +292,8 @@ class SearchOptimConfig:
     per cell.  Weights: SGD (``lr`` cosine to ``lr_min``, ``momentum``, ``weight_decay``, gradient-norm clip
     ``grad_clip``, 0 = off).  Architecture: Adam (``arch_lr``, ``arch_betas``, ``arch_weight_decay``).
     ``deterministic``: deterministic CUDA algorithms (same seed and device -> same genotype); ``bf16`` /
-    ``channels_last``: CUDA-only engine settings.
+    ``channels_last``: CUDA-only engine settings.  ``space``: the cell space, ``"darts"`` (default) or
+    ``"nb201"`` (NAS-Bench-201: ``layers`` = cells per stage N, ``steps`` unused; see istanas/cell_space.py).
     """
 
     C: int = 16
@@ -312,6 +313,7 @@ class SearchOptimConfig:
     deterministic: bool = True
     bf16: bool = False
     channels_last: bool = False
+    space: str = "darts"
     out: str = "runs/search"
 
     def validate_common(self) -> None:
@@ -322,9 +324,14 @@ class SearchOptimConfig:
         for name in ("C", "steps", "epochs"):
             v = getattr(self, name)
             check(_is_int(v) and v >= 1, f"{name}: must be an integer >= 1, got {v!r}")
-        check(isinstance(self.layers, int) and self.layers >= 3,
-              f"layers: must be an integer >= 3 (two reduction cells at layers/3 and 2*layers/3), "
-              f"got {self.layers!r}")
+        check(self.space in ("darts", "nb201"), f"space: must be 'darts' or 'nb201', got {self.space!r}")
+        if self.space == "nb201":   # NAS-Bench-201: layers = cells per stage N (3 stages), steps unused
+            check(_is_int(self.layers) and self.layers >= 1,
+                  f"layers: must be an integer >= 1 (nb201: cells per stage N), got {self.layers!r}")
+        else:
+            check(isinstance(self.layers, int) and self.layers >= 3,
+                  f"layers: must be an integer >= 3 (two reduction cells at layers/3 and 2*layers/3), "
+                  f"got {self.layers!r}")
         check(math.isfinite(self.lr) and self.lr > 0, f"lr: must be a number > 0, got {self.lr!r}")
         check(0 <= self.lr_min <= self.lr, f"lr_min: must be in [0, lr={self.lr}], got {self.lr_min!r}")
         check(0 <= self.momentum < 1, f"momentum: must be in [0, 1), got {self.momentum!r}")

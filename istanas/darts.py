@@ -8,6 +8,10 @@ decay 1e-3), then W on a training batch (SGD, momentum, weight decay, cosine lr,
 
 Genotype (DARTS's rule): per node, each input edge scores ``max_k softmax(alpha_e)_k`` (``none`` would be skipped);
 the two highest-scoring edges are kept, each with its best op, strongest first.
+
+``space="nb201"`` (:mod:`istanas.cell_space`): the NAS-Bench-201 cells
+(:class:`istanas.nb201_supernet.NB201DenseSuperNet`, its 4 ops without ``none``, as the ISTA-NAS search there); the
+genotype is every edge's strongest op (:func:`istanas.nb201_supernet.nb201_darts_genotype`).
 """
 from __future__ import annotations
 
@@ -17,11 +21,13 @@ from typing import Any, ClassVar, Optional
 import torch
 from torch import nn
 
-from spaces.genotype import Genotype
+from spaces.genotype import Genotype, NB201Genotype, genotype_from_json
+from .cell_space import cell_space
 from .config import ConfigError, SearchOptimConfig, preset
 from .data import DataConfig, Loaders
 from .engine import Update, cycle, place
-from .supernet import CELL_TYPES, ISTA_PRIMITIVES, DenseSuperNet, edge_offsets
+from .nb201_supernet import nb201_darts_genotype
+from .supernet import CELL_TYPES, ISTA_PRIMITIVES, edge_offsets
 from .training import cosine_lr, evaluate, task_data
 
 
@@ -53,7 +59,27 @@ class DartsConfig(SearchOptimConfig):
             "weight_decay": 3e-4, "grad_clip": 5.0, "arch_lr": 1e-2, "arch_betas": [0.5, 0.999],
             "arch_weight_decay": 1e-3,
         },
+        # NAS-Bench-201: the two-stage "cpu" preset's data, network and budget (like with like)
+        "cpu": {
+            "space": "nb201",
+            "data": {"dataset": "cifar10", "batch_size": 64, "eval_batch_size": 256, "cutout": 0,
+                     "train_portion": 0.5, "image_size": 16, "limit_train": 2000, "limit_test": 500},
+            "C": 8, "layers": 1, "epochs": 8, "lr": 0.05, "lr_min": 0.001, "momentum": 0.9,
+            "weight_decay": 3e-4, "grad_clip": 5.0, "arch_lr": 1e-2, "arch_betas": [0.5, 0.999],
+            "arch_weight_decay": 1e-3,
+        },
+        # NAS-Bench-201's DARTS-V1 search settings (C = 16, N = 5, 50 epochs, batch 64, CIFAR-10 train set in
+        # halves, SGD 0.025 cosine to 0.001, clip 5, Adam 3e-4 (0.5, 0.999) weight decay 1e-3)
+        "paper": {
+            "space": "nb201",
+            "data": {"dataset": "cifar10", "batch_size": 64, "eval_batch_size": 256, "cutout": 0,
+                     "train_portion": 0.5},
+            "C": 16, "layers": 5, "epochs": 50, "lr": 0.025, "lr_min": 0.001, "momentum": 0.9,
+            "weight_decay": 3e-4, "grad_clip": 5.0, "arch_lr": 3e-4, "arch_betas": [0.5, 0.999],
+            "arch_weight_decay": 1e-3,
+        },
     }
+    NB201_OVERLAY: ClassVar[dict[str, Any]] = {}
 
     def validate(self) -> None:
         """Schema checks only (``istanas.search.check_runtime`` checks the device)."""
@@ -94,9 +120,9 @@ class DartsTask:
     def __init__(self, cfg: DartsConfig, loaders: Optional[Loaders] = None, device: Optional[torch.device] = None):
         self.cfg = cfg
         self.device, self.loaders = task_data(cfg, "search", loaders, device)
-        self.model = place(DenseSuperNet(C=cfg.C, num_classes=self.loaders.num_classes, layers=cfg.layers,
-                                         steps=cfg.steps, multiplier=cfg.steps, in_channels=self.loaders.in_channels,
-                                         primitives=ISTA_PRIMITIVES), self.device, cfg.channels_last)
+        self.cell_space = cell_space(cfg)
+        self.model = place(self.cell_space.dense_supernet(cfg, self.loaders.num_classes, self.loaders.in_channels),
+                           self.device, cfg.channels_last)
         self.criterion = nn.CrossEntropyLoss()
         self.weights = list(self.model.weight_parameters())
         self.alphas = list(self.model.arch_parameters())
@@ -156,16 +182,22 @@ class DartsTask:
         return False
 
     def genotype(self):
+        if self.cell_space.nb201:
+            return nb201_darts_genotype(self.model.edge_weights(), self.model.primitives)
         return darts_genotype(self.model.edge_weights(), self.model.primitives, self.cfg.steps)
 
 
+def _pairs(g) -> list:
+    return list(g.edges) if isinstance(g, NB201Genotype) else list(g.normal) + list(g.reduce)
+
+
 def _genotype_changes(prev_json: Optional[str], g) -> int:
-    """Pairs of ``g`` that differ from the genotype JSON ``prev_json`` (all of them when there is none)."""
-    pairs = list(g.normal) + list(g.reduce)
+    """(op, input) pairs (NAS-Bench-201: edges) of ``g`` that differ from the genotype JSON ``prev_json`` (all of
+    them when there is none)."""
+    pairs = _pairs(g)
     if not prev_json:
         return len(pairs)
-    p = Genotype.from_json(prev_json)
-    return sum(a != b for a, b in zip(pairs, list(p.normal) + list(p.reduce)))
+    return sum(a != b for a, b in zip(pairs, _pairs(genotype_from_json(prev_json))))
 
 
 __all__ = ["DartsConfig", "DartsTask", "darts_genotype"]

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional
 
-from . import random_search
+from . import params_search, random_search
 from .config import ConfigError, did_you_mean, to_dict
 from .darts import DartsConfig, DartsTask
 from .engine import OnEpochEnd
@@ -90,7 +90,7 @@ def _onestage_finish(task: OneStageTask, result: SearchResult, dist: Any = None,
     parameters (auxiliary head excluded) and, with ``export_dir``, the absorbed model (Eq. 12; main rank only)."""
     result.extra.update(task.stop_report())
     result.extra["params"] = task.support_params(task.support_host)
-    if export_dir is not None and task.dist.is_main:
+    if export_dir is not None and task.dist.is_main and not task.cell_space.nb201:   # Eq. 12: DARTS space
         result.extra["export"] = export(task, export_dir)
 
 
@@ -113,17 +113,22 @@ def _run_tenas(cfg: TenasJobConfig, *, data: Any = None, on_epoch_end: Optional[
 
 def _describe_tenas(cfg: TenasJobConfig) -> str:
     t = cfg.tenas
-    return (f"tenas search, space {t.space}, images: {cfg.num_images} of {cfg.data.dataset}, repeats {t.repeats}, "
-            f"device {cfg.device}")
+    n = "all training images" if cfg.num_images is None else f"{cfg.num_images} training images"
+    return (f"tenas search, space {t.space}, score {t.score}, images: {n} of {cfg.data.dataset}, "
+            f"NTK batch {t.resolved().ntk_batch}, repeats {t.repeats}, init {t.init}, device {cfg.device}")
 
 
 def _summary_tenas(cfg: TenasJobConfig, result: SearchResult) -> list[str]:
     extra = result.extra
     lines = [f"done: {len(extra['rounds'])} pruning rounds, {result.wall_time_s:.1f} s"]
-    if extra.get("in_table") is not None:
-        acc = extra.get("accuracy")
-        lines.append(f"NAS-Bench-201 table ({cfg.tenas.dataset}): "
-                     + (f"validation accuracy {acc:.2f}" if acc is not None else "this cell is not among its archs"))
+    bench = extra.get("benchmark")
+    if bench:
+        lines.append("NAS-Bench-201 table: " + ", ".join(
+            f"{d} {bench[d]:.2f} (percentile {bench['percentile'][d]:.1f})" for d in ("cifar10", "cifar100",
+                                                                                     "ImageNet16-120")
+            if bench.get(d) is not None))
+    elif extra.get("in_table") is not None:
+        lines.append(f"NAS-Bench-201 table ({cfg.tenas.dataset}): this cell is not among its archs")
     return lines + [extra["arch"]]
 
 
@@ -134,28 +139,34 @@ TWOSTAGE_SWEEP = {"lam": "recovery.lam", "s": "recovery.s", "m": "recovery.m", "
 # --------------------------------------------------------------------------------------------------- registry
 METHODS: dict[str, Method] = {
     "twostage": Method(
-        "twostage", "two-stage ISTA-NAS, paper Algorithm 1 (sparse super-net, recovery of z from b)",
-        TwoStageConfig, ("darts",), task=_twostage_task,
-        flags={**DATA_FLAGS, "recover_every": "recover_every", "epsilon": "epsilon"}, sweep_params=TWOSTAGE_SWEEP),
+        "twostage", "two-stage ISTA-NAS, paper Algorithm 1 (sparse super-net, recovery of z from b), --space darts "
+        "or nb201", TwoStageConfig, ("darts", "nb201"), task=_twostage_task,
+        flags={**DATA_FLAGS, "recover_every": "recover_every", "epsilon": "epsilon", "space": "space"},
+        sweep_params=TWOSTAGE_SWEEP),
     "darts": Method(
-        "darts", "first-order DARTS baseline on the same 7-op cells (dense mixed op, softmax alpha)",
-        DartsConfig, ("darts",), task=_darts_task),
+        "darts", "first-order DARTS baseline on the same cells (dense mixed op, softmax alpha), --space darts or "
+        "nb201", DartsConfig, ("darts", "nb201"), task=_darts_task, flags={**DATA_FLAGS, "space": "space"}),
     "onestage": Method(
         "onestage", "one-stage ISTA-NAS, paper Algorithm 2 (search and train the target net in one run, per-node "
-        "epsilon stop, BN absorption Eq. 12, exported model in --out)",
-        OneStageConfig, ("darts",), task=_onestage_task, finish=_onestage_finish,
-        flags={**DATA_FLAGS, "recover_every": "recover_every", "epsilon": "epsilon"},
+        "epsilon stop, BN absorption Eq. 12, exported model in --out; --space nb201: no export)",
+        OneStageConfig, ("darts", "nb201"), task=_onestage_task, finish=_onestage_finish,
+        flags={**DATA_FLAGS, "recover_every": "recover_every", "epsilon": "epsilon", "space": "space"},
         launch_kwargs=lambda cfg: {"export_dir": cfg.out}),
     "tenas": Method(
         "tenas", "TE-NAS training-free pruning search (NTK condition number + linear regions), --space nb201 or "
         "darts", TenasJobConfig, ("nb201", "darts"), run=_run_tenas, presets=TENAS_PRESETS,
         flags={"dataset": "data.dataset", "data_root": "data.root", "space": "tenas.space",
                "table": "tenas.table_path"}, checkpoints=False, describe=_describe_tenas, summary=_summary_tenas,
-        title="TE-NAS"),
+        default_preset="paper", title="TE-NAS"),
     "random": Method(
         "random", "random search baseline: cells sampled from --space darts or nb201, one picked without training",
         random_search.RandomSearchConfig, random_search.SPACES, run=random_search.random_search,
         flags={"space": "space"}, checkpoints=False, describe=random_search.describe, summary=random_search.summary),
+    "params": Method(
+        "params", "parameter-count heuristic baseline: the NAS-Bench-201 cell whose network has the most parameters "
+        "(counted from the network; --space nb201)", params_search.ParamsSearchConfig, params_search.SPACES,
+        run=params_search.params_search, flags={"space": "space"}, checkpoints=False,
+        describe=params_search.describe, summary=params_search.summary, title="#params"),
 }
 
 

@@ -49,6 +49,9 @@ class RandomSearchConfig:
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "small": {"samples": 20, "C": 8, "layers": 5},
         "reference": {"samples": 100, "C": 36, "layers": 20},
+        # NAS-Bench-201 (the bench's fidelities): one uniformly random cell, no training (the space's prior)
+        "cpu": {"space": "nb201", "samples": 1, "C": 16, "layers": 5},
+        "paper": {"space": "nb201", "samples": 1, "C": 16, "layers": 5},
     }
 
     def validate(self) -> None:

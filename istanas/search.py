@@ -7,6 +7,11 @@ method's post-run hook then adds what only it knows (one-stage: stop report, par
 methods (TE-NAS, random search) give a function that returns the result itself.
 
 The result and its files (:class:`SearchResult`, :func:`write_outputs`) live in :mod:`istanas.result`.
+
+``table=PATH`` (a NAS-Bench-201 search, any method): the benchmark table (``nasbench201_full.csv`` or NASLib's
+``zc_nasbench201.json``) is checked before the search (:func:`spaces.nb201.check_nb201_table`: file and header,
+no accuracy read) and opened only after it finished (:func:`spaces.nb201.open_nb201_table`); the found cell's
+accuracies and percentiles go into ``result.extra["benchmark"]`` (``result.json`` key ``benchmark``).
 """
 from __future__ import annotations
 
@@ -16,6 +21,9 @@ import time
 from typing import Any, Iterator, Optional
 
 import torch
+
+from spaces.genotype import NB201Genotype
+from spaces.nb201 import TABLE_DATASETS, check_nb201_table, open_nb201_table
 
 from . import engine
 from .checkpoint import seed_everything
@@ -63,22 +71,67 @@ def deterministic_algorithms(enabled: bool) -> Iterator[None]:
 
 
 # ------------------------------------------------------------------------------------------------------- runner
+def search_space(cfg: Any) -> str:
+    """The cell space a config searches: ``cfg.space`` (or TE-NAS's ``cfg.tenas.space``), default ``"darts"``."""
+    space = getattr(cfg, "space", None) or getattr(getattr(cfg, "tenas", None), "space", None)
+    return str(space or "darts")
+
+
+def check_table(cfg: Any, table: Optional[str]) -> None:
+    """Before a search: ``table`` (when given) is a benchmark table and the search is on the nb201 space
+    (:class:`ConfigError` naming ``table`` otherwise).  Reads the header only."""
+    if table is None:
+        return
+    if search_space(cfg) != "nb201":
+        raise ConfigError(f"table: the NAS-Bench-201 table scores nb201 cells; this search is on the "
+                          f"{search_space(cfg)!r} space (use --space nb201)")
+    try:
+        check_nb201_table(table)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def benchmark_record(genotype: Any, table: str) -> dict[str, Any]:
+    """Open ``table`` (call this only after the search) and look the found cell up: its accuracies on the three
+    data sets and percentiles (:meth:`spaces.nb201.NB201Table.lookup`); a cell the table lacks (NASLib's JSON
+    holds 725 of the 15,625) gets ``None`` values and ``in_table: False``."""
+    if not isinstance(genotype, NB201Genotype):
+        raise ConfigError(f"table: the found genotype is not a NAS-Bench-201 cell ({type(genotype).__name__})")
+    arch = genotype.to_arch_str()
+    tab = open_nb201_table(table)
+    try:
+        rec = tab.lookup(arch)
+        rec["in_table"] = True
+    except KeyError:
+        rec = {"table": table, "table_cells": len(tab), "arch": arch, **{d: None for d in TABLE_DATASETS},
+               "percentile": {d: None for d in TABLE_DATASETS}, "in_table": False}
+    return rec
+
+
 def run_search(method: str, cfg: Any, *, data: Any = None, on_epoch_end: Optional[OnEpochEnd] = None,
-               resume: Optional[dict] = None, progress: bool = True, **method_kwargs: Any) -> SearchResult:
+               resume: Optional[dict] = None, progress: bool = True, table: Optional[str] = None,
+               **method_kwargs: Any) -> SearchResult:
     """Run the search ``method`` (a name of :data:`istanas.methods.METHODS`) with config ``cfg``.
 
     ``data``: loaders (default: the method's own, from ``cfg.data``); ``on_epoch_end(metrics, state)`` runs after
     every epoch (:func:`istanas.engine.run`; ``state["task"]`` is the task's state dict); ``resume`` is such a
-    state.  ``method_kwargs`` go to the method (one-stage: ``dist``, ``export_dir``).
+    state.  ``table``: a NAS-Bench-201 table to score the found cell with, after the search (module doc).
+    ``method_kwargs`` go to the method (one-stage: ``dist``, ``export_dir``).
     """
     m = get_method(method)
     if not isinstance(cfg, m.config_cls):
         raise ConfigError(f"method {m.name}: expected a {m.config_cls.__name__}, got {type(cfg).__name__}")
     cfg.validate()
     check_runtime(cfg)
+    check_table(cfg, table)
     if m.task is None:
-        return m.run(cfg, data=data, on_epoch_end=on_epoch_end, resume=resume, progress=progress, **method_kwargs)
-    return _run_engine(m, cfg, data, on_epoch_end, resume, progress, method_kwargs)
+        result = m.run(cfg, data=data, on_epoch_end=on_epoch_end, resume=resume, progress=progress,
+                       **method_kwargs)
+    else:
+        result = _run_engine(m, cfg, data, on_epoch_end, resume, progress, method_kwargs)
+    if table is not None:
+        result.extra["benchmark"] = benchmark_record(result.genotype, table)
+    return result
 
 
 def _run_engine(m: Method, cfg: Any, data: Any, on_epoch_end: Optional[OnEpochEnd], resume: Optional[dict],
@@ -109,4 +162,5 @@ def _run_engine(m: Method, cfg: Any, data: Any, on_epoch_end: Optional[OnEpochEn
     return result
 
 
-__all__ = ["SearchResult", "run_search", "write_outputs", "plot_cells", "deterministic_algorithms", "check_runtime"]
+__all__ = ["SearchResult", "run_search", "write_outputs", "plot_cells", "deterministic_algorithms", "check_runtime",
+           "check_table", "benchmark_record", "search_space"]

@@ -45,7 +45,8 @@ from torch import nn
 from spaces.networks import AuxiliaryHead, cell_preprocess, conv_stem, imagenet_stems
 from spaces.ops import DARTS_PRIMITIVES, PARAM_FREE_OPS, Identity, build_op
 
-__all__ = ["ISTA_PRIMITIVES", "CELL_TYPES", "STEMS", "AuxiliaryHead", "SupportPlan", "CandidateOp", "SuperNetBase",
+__all__ = ["ISTA_PRIMITIVES", "CELL_TYPES", "STEMS", "AuxiliaryHead", "SupportPlan", "CandidateOp", "SearchNetParts",
+           "SuperNetBase", "build_candidate",
            "SparseSuperNet", "DenseSuperNet", "edge_offsets", "support_to_edge_weights"]
 
 #: The reference's candidate ops: DARTS's primitives without ``none`` (K = 7), in DARTS's order.
@@ -102,15 +103,16 @@ def _final_bn(module: nn.Module) -> Optional[nn.BatchNorm2d]:
     return bns[-1] if bns else None
 
 
-def build_candidate(name: str, C: int, stride: int, onestage: bool) -> nn.Module:
+def build_candidate(name: str, C: int, stride: int, onestage: bool, space: str = "darts") -> nn.Module:
     """One candidate op ``[N, C, H, W] -> [N, C, H/stride, W/stride]`` as the search networks build it.
 
     Two-stage / DARTS (``onestage=False``): ``affine=False`` BNs, and a non-affine BN after pooling (DARTS and the
-    reference).  One-stage: affine BNs everywhere, one appended after pooling and after a stride-1 identity, every BN
-    of the op initialised to gamma = 1, beta = 0 and frozen (``requires_grad=False``).
+    reference; not in ``space="nb201"``, whose search cells pool without a BN, as NAS-Bench-201's).  One-stage:
+    affine BNs everywhere, one appended after pooling and after a stride-1 identity, every BN of the op initialised
+    to gamma = 1, beta = 0 and frozen (``requires_grad=False``).  ``space``: the op registry of :mod:`spaces.ops`.
     """
-    op = build_op(name, C, stride, affine=onestage)
-    if "pool" in name:
+    op = build_op(name, C, stride, affine=onestage, space=space)
+    if "pool" in name and (onestage or space == "darts"):
         op = nn.Sequential(op, nn.BatchNorm2d(C, affine=onestage))
     elif onestage and name in PARAM_FREE_OPS and isinstance(op, Identity):
         op = nn.Sequential(op, nn.BatchNorm2d(C, affine=True))
@@ -190,8 +192,128 @@ def _drop_path(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
     return x * mask / keep
 
 
+# ------------------------------------------------------------------------------------------------ shared parts
+class SearchNetParts:
+    """What the super-nets of both cell spaces share (this module's and :mod:`istanas.nb201_supernet`'s).
+
+    A subclass sets ``cells`` (an ``nn.ModuleList``), ``cell_types`` (per entry of ``cells``: its cell-type index,
+    or -1 for a block that is no search cell, e.g. NAS-Bench-201's residual reductions), ``cell_type_names``,
+    ``edges_per_node``, ``offsets`` (global index of every node's first input edge), ``steps``, ``num_ops``,
+    ``primitives``; every search cell has ``edges[e][k]`` (op k of global edge e).  ``empty_slots``: a support
+    may hold -1 (no op in that slot; a node with fewer input edges than s in the NAS-Bench-201 space).
+    """
+
+    cell_type_names: tuple[str, ...] = CELL_TYPES
+    empty_slots: bool = False
+
+    def weight_parameters(self) -> Iterator[nn.Parameter]:
+        """The network weights W (everything but architecture variables)."""
+        for name, p in self.named_parameters():
+            if not name.startswith("alphas"):
+                yield p
+
+    def cell_type_index(self, cell_type: Union[int, str]) -> int:
+        """The index of a cell type given by name or index (``ValueError`` otherwise)."""
+        names = self.cell_type_names
+        if isinstance(cell_type, str):
+            if cell_type not in names:
+                raise ValueError(f"cell_type: must be one of {list(names)} or 0..{len(names) - 1}, got "
+                                 f"{cell_type!r}")
+            return names.index(cell_type)
+        if cell_type not in range(len(names)):
+            raise ValueError(f"cell_type: must be one of {list(names)} or 0..{len(names) - 1}, got {cell_type!r}")
+        return int(cell_type)
+
+    def candidate_ops(self, cell_type: Optional[Union[int, str]] = None,
+                      node: Optional[int] = None) -> Iterator[CandidateOp]:
+        """Every candidate op of every cell (optionally of one cell type / node), with its final BatchNorm2d."""
+        ct = self.cell_type_index(cell_type) if cell_type is not None else None
+        for ci, cell in enumerate(self.cells):
+            t = self.cell_types[ci]
+            if t < 0 or (ct is not None and t != ct):
+                continue
+            for i in range(self.steps):
+                if node is not None and i != node:
+                    continue
+                for src in range(self.edges_per_node[i]):
+                    e = self.offsets[i] + src
+                    for k, op in enumerate(cell.edges[e]):
+                        yield CandidateOp(ci, t, i, src, k, self.primitives[k], op, _final_bn(op))
+
+    def unfreeze_node(self, cell_type: Union[int, str], node: int, scope: str = "all") -> int:
+        """Make the BN gamma / beta of every candidate op of ``node`` in every cell of ``cell_type`` trainable.
+
+        ``scope="all"``: every BN inside those ops (the reference's ``freeze_alpha``); ``"final"``: only each op's
+        final BN (the ones Eq. 12 rescales).  Returns the number of BN layers released.
+        """
+        if scope not in ("all", "final"):
+            raise ValueError(f"scope: must be 'all' or 'final', got {scope!r}")
+        if not 0 <= node < self.steps:
+            raise ValueError(f"node: must be in 0..{self.steps - 1}, got {node}")
+        n = 0
+        for c in self.candidate_ops(cell_type, node):
+            bns = [m for m in c.module.modules() if isinstance(m, nn.BatchNorm2d)] if scope == "all" \
+                else ([c.bn] if c.bn is not None else [])
+            for bn in bns:
+                if bn.affine:
+                    bn.weight.requires_grad_(True)
+                    bn.bias.requires_grad_(True)
+                    n += 1
+        return n
+
+    def plan(self, support_host: SupportLike) -> SupportPlan:
+        """The cached :class:`SupportPlan` of a host support (built and validated on first use)."""
+        if isinstance(support_host, SupportPlan):
+            return support_host
+        if isinstance(support_host, torch.Tensor):
+            if support_host.device.type != "cpu":
+                raise ValueError("support_host: must be a CPU tensor (copy it once per recovery with "
+                                 "istanas.ista.compressed.support_to_host); a device tensor would sync on every op")
+            sup = support_host.to(torch.int64).contiguous()
+        else:
+            sup = torch.as_tensor(support_host, dtype=torch.int64)
+        T = len(self.cell_type_names)
+        if sup.dim() != 3 or sup.shape[0] != T or sup.shape[1] != self.steps or sup.shape[2] < 1:
+            raise ValueError(f"support_host: expected shape [{T}, {self.steps}, s >= 1], got {tuple(sup.shape)}")
+        plans = self.__dict__.setdefault("_plans", OrderedDict())
+        key = bytes(sup.shape) + sup.numpy().tobytes()
+        hit = plans.get(key)
+        if hit is not None:
+            plans.move_to_end(key)
+            return hit
+        K = self.num_ops
+        ids = sup.tolist()
+        nodes = []
+        for t in range(T):
+            per_t = []
+            for i in range(self.steps):
+                edges = self.edges_per_node[i]
+                n_i = edges * K
+                row = [k for k in ids[t][i] if not (self.empty_slots and k == -1)]
+                if len(set(row)) != len(row):
+                    raise ValueError(f"support_host: repeated candidate id in cell type {t}, node {i}: {row}")
+                if not row and not self.empty_slots:
+                    raise ValueError(f"support_host: cell type {t}, node {i} has no op")
+                entries = []
+                for j, k in enumerate(ids[t][i]):
+                    if self.empty_slots and k == -1:
+                        continue
+                    if not 0 <= k < n_i:
+                        raise ValueError(f"support_host: id {k} of cell type {t}, node {i} is outside 0..{n_i - 1} "
+                                         f"(node {i} has {edges} input edges x {K} ops)")
+                    src, op = divmod(int(k), K)
+                    entries.append((j, self.offsets[i] + src, src, op))
+                per_t.append(tuple(entries))
+            nodes.append(tuple(per_t))
+        plan = SupportPlan(key, tuple(sup.shape), tuple(nodes))
+        plans[key] = plan
+        if len(plans) > getattr(self, "_plan_cache", 8):
+            plans.popitem(last=False)
+        return plan
+
+
 # ----------------------------------------------------------------------------------------------------- networks
-class SuperNetBase(nn.Module):
+class SuperNetBase(SearchNetParts, nn.Module):
     """Stem, ``layers`` :class:`SearchCell` s and a classifier; reductions at ``layers // 3`` and ``2 * layers // 3``.
 
     Args:
@@ -234,6 +356,7 @@ class SuperNetBase(nn.Module):
         self.num_ops = len(primitives)
         self.num_edges = sum(2 + i for i in range(steps))
         self.offsets = edge_offsets(steps)
+        self.edges_per_node = [2 + i for i in range(steps)]
         self.onestage, self.auxiliary = onestage, auxiliary
         self.drop_path_prob = 0.0
         self.in_channels, self.stem_multiplier, self.stem_type = in_channels, stem_multiplier, stem
@@ -282,12 +405,6 @@ class SuperNetBase(nn.Module):
     def _head(self, s1: torch.Tensor) -> torch.Tensor:
         return self.classifier(s1.mean(dim=(2, 3)))   # global average pool (deterministic backward on CUDA)
 
-    def weight_parameters(self) -> Iterator[nn.Parameter]:
-        """The network weights W (everything but architecture variables)."""
-        for name, p in self.named_parameters():
-            if not name.startswith("alphas"):
-                yield p
-
     def forward_dense(self, x: torch.Tensor, weights: torch.Tensor):
         """Dense evaluation: every op of every edge, weighted by ``weights [T, num_edges, K]`` (any values).
 
@@ -306,54 +423,6 @@ class SuperNetBase(nn.Module):
         logits = self._head(s1)
         return (logits, aux) if aux is not None else logits
 
-    # ---------------------------------------------------------------------------- one-stage: BNs and Eq. 12
-    def candidate_ops(self, cell_type: Optional[Union[int, str]] = None,
-                      node: Optional[int] = None) -> Iterator[CandidateOp]:
-        """Every candidate op of every cell (optionally of one cell type / node), with its final BatchNorm2d."""
-        ct = _cell_type_index(cell_type) if cell_type is not None else None
-        for ci, cell in enumerate(self.cells):
-            t = self.cell_types[ci]
-            if ct is not None and t != ct:
-                continue
-            for i in range(self.steps):
-                if node is not None and i != node:
-                    continue
-                for src in range(2 + i):
-                    e = self.offsets[i] + src
-                    for k, op in enumerate(cell.edges[e]):
-                        yield CandidateOp(ci, t, i, src, k, self.primitives[k], op, _final_bn(op))
-
-    def unfreeze_node(self, cell_type: Union[int, str], node: int, scope: str = "all") -> int:
-        """Make the BN gamma / beta of every candidate op of ``node`` in every cell of ``cell_type`` trainable.
-
-        ``scope="all"``: every BN inside those ops (the reference's ``freeze_alpha``); ``"final"``: only each op's
-        final BN (the ones Eq. 12 rescales).  Returns the number of BN layers released.
-        """
-        if scope not in ("all", "final"):
-            raise ValueError(f"scope: must be 'all' or 'final', got {scope!r}")
-        if not 0 <= node < self.steps:
-            raise ValueError(f"node: must be in 0..{self.steps - 1}, got {node}")
-        n = 0
-        for c in self.candidate_ops(cell_type, node):
-            bns = [m for m in c.module.modules() if isinstance(m, nn.BatchNorm2d)] if scope == "all" \
-                else ([c.bn] if c.bn is not None else [])
-            for bn in bns:
-                if bn.affine:
-                    bn.weight.requires_grad_(True)
-                    bn.bias.requires_grad_(True)
-                    n += 1
-        return n
-
-
-def _cell_type_index(cell_type: Union[int, str]) -> int:
-    if isinstance(cell_type, str):
-        if cell_type not in CELL_TYPES:
-            raise ValueError(f"cell_type: must be one of {list(CELL_TYPES)} or 0/1, got {cell_type!r}")
-        return CELL_TYPES.index(cell_type)
-    if cell_type not in (0, 1):
-        raise ValueError(f"cell_type: must be 0 (normal) or 1 (reduce), got {cell_type!r}")
-    return int(cell_type)
-
 
 class SparseSuperNet(SuperNetBase):
     """The ISTA-NAS super-net: a forward runs only the support ops of every node (see the module doc).
@@ -366,51 +435,7 @@ class SparseSuperNet(SuperNetBase):
     def __init__(self, *args, plan_cache: int = 8, **kwargs):
         super().__init__(*args, **kwargs)
         self._plans: "OrderedDict[bytes, SupportPlan]" = OrderedDict()
-        self._plan_cache = max(1, int(plan_cache))
-
-    def plan(self, support_host: SupportLike) -> SupportPlan:
-        """The cached :class:`SupportPlan` of a host support (built and validated on first use)."""
-        if isinstance(support_host, SupportPlan):
-            return support_host
-        if isinstance(support_host, torch.Tensor):
-            if support_host.device.type != "cpu":
-                raise ValueError("support_host: must be a CPU tensor (copy it once per recovery with "
-                                 "istanas.ista.compressed.support_to_host); a device tensor would sync on every op")
-            sup = support_host.to(torch.int64).contiguous()
-        else:
-            sup = torch.as_tensor(support_host, dtype=torch.int64)
-        if sup.dim() != 3 or sup.shape[0] != len(CELL_TYPES) or sup.shape[1] != self.steps or sup.shape[2] < 1:
-            raise ValueError(f"support_host: expected shape [{len(CELL_TYPES)}, {self.steps}, s >= 1], "
-                             f"got {tuple(sup.shape)}")
-        key = bytes(sup.shape) + sup.numpy().tobytes()
-        hit = self._plans.get(key)
-        if hit is not None:
-            self._plans.move_to_end(key)
-            return hit
-        K = self.num_ops
-        ids = sup.tolist()
-        nodes = []
-        for t in range(len(CELL_TYPES)):
-            per_t = []
-            for i in range(self.steps):
-                n_i = (2 + i) * K
-                row = ids[t][i]
-                if len(set(row)) != len(row):
-                    raise ValueError(f"support_host: repeated candidate id in cell type {t}, node {i}: {row}")
-                entries = []
-                for j, k in enumerate(row):
-                    if not 0 <= k < n_i:
-                        raise ValueError(f"support_host: id {k} of cell type {t}, node {i} is outside 0..{n_i - 1} "
-                                         f"(node {i} has {2 + i} input edges x {K} ops)")
-                    src, op = divmod(int(k), K)
-                    entries.append((j, self.offsets[i] + src, src, op))
-                per_t.append(tuple(entries))
-            nodes.append(tuple(per_t))
-        plan = SupportPlan(key, tuple(sup.shape), tuple(nodes))
-        self._plans[key] = plan
-        if len(self._plans) > self._plan_cache:
-            self._plans.popitem(last=False)
-        return plan
+        self._plan_cache = max(1, int(plan_cache))     # SearchNetParts.plan caches this many plans
 
     def forward(self, x: torch.Tensor, support_host: SupportLike, coef: torch.Tensor):
         plan = self.plan(support_host)

@@ -8,6 +8,10 @@ checkpoint.pt (every epoch: weights, b, A, optimisers, RNG states; --resume cont
 cells as PNG and SVG, and result.json.  Ends by printing the genotype and the path of genotype.json.
 TE-NAS (--method tenas) trains nothing: it writes run_info.json, metrics.jsonl (one line per pruning round),
 genotype.json and result.json (with the NAS-Bench-201 table's accuracy of the found cell when --table is given).
+
+--space nb201 (twostage, onestage, darts, random, params, tenas): the NAS-Bench-201 cell space; --table PATH
+(nasbench201_full.csv or zc_nasbench201.json) is checked before the search, opened only after it, and the found
+cell's accuracies and percentiles go into result.json under "benchmark" and into the printed summary.
 """
 from __future__ import annotations
 
@@ -22,10 +26,11 @@ if _ROOT not in sys.path:  # run from a checkout without installation
     sys.path.insert(0, _ROOT)
 
 from istanas import cli  # noqa: E402
-from istanas.config import preset_data  # noqa: E402
+from istanas.config import deep_merge, preset_data  # noqa: E402
 from istanas.data import DATASETS  # noqa: E402
 from istanas.methods import METHODS, Method  # noqa: E402
-from istanas.search import check_runtime, run_search, write_outputs  # noqa: E402
+from istanas.search import check_runtime, check_table, run_search, write_outputs  # noqa: E402
+from spaces.nb201 import TABLE_DATASETS  # noqa: E402
 
 
 EPILOG = """\
@@ -49,6 +54,15 @@ examples:
       --set param_budget=3.7e6
   # continue an interrupted run
   python launch/search.py --method twostage --out runs/search-twostage --resume
+  # two-stage ISTA-NAS on NAS-Bench-201 at a 2-core CPU fidelity, scored by the benchmark table after the search
+  python launch/search.py --method twostage --preset cpu --table ../shared/data/nasbench201_full.csv
+  # the same space at NAS-Bench-201's own search settings (GPU), and the DARTS / #params / random baselines
+  python launch/search.py --method twostage --preset paper --table ../shared/data/nasbench201_full.csv
+  python launch/search.py --method darts --preset cpu --table ../shared/data/nasbench201_full.csv
+  python launch/search.py --method params --space nb201 --table ../shared/data/nasbench201_full.csv
+  python launch/search.py --method random --space nb201 --table ../shared/data/nasbench201_full.csv
+  # any preset on NAS-Bench-201 cells (e.g. the digits smoke run)
+  python launch/search.py --method twostage --space nb201
   # TE-NAS on NAS-Bench-201 (no training), the found cell looked up in the NAS-Bench-201 accuracy table
   python launch/search.py --method tenas --space nb201 --table ../shared/data/zc_nasbench201.json
   # TE-NAS on the DARTS space with the paper's measurement settings, on CIFAR-10 images
@@ -82,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the cell space, for " + "; ".join(f"{k}: {' or '.join(v)} (default {v[0]})"
                                                            for k, v in multi.items()))
     p.add_argument("--table", metavar="PATH",
-                   help="tenas, nb201: NAS-Bench-201 accuracy table (zc_nasbench201.json) to look the found cell up")
+                   help="--space nb201, every method: NAS-Bench-201 table (nasbench201_full.csv or "
+                        "zc_nasbench201.json); checked before the search, the found cell looked up after it")
     cli.add_common_args(p, default_out="runs/search-<method>")
     return p
 
@@ -99,10 +114,14 @@ def _base_config(args: argparse.Namespace, method: Method) -> dict:
     name = args.preset or method.default_preset
     if name not in method.presets:
         raise ValueError(f"--preset: {args.method} has presets {list(method.presets)}, got {name!r}")
-    return preset_data(method.config_cls, name, presets=method.presets)
+    data = preset_data(method.config_cls, name, presets=method.presets)
+    overlay = getattr(method.config_cls, "NB201_OVERLAY", None)
+    if args.space == "nb201" and overlay is not None and data.get("space") != "nb201":
+        data = deep_merge(data, overlay)   # a DARTS-space preset on NB201 cells (istanas.cell_space)
+    return data
 
 
-_FLAGS = ("dataset", "data_root", "epochs", "batch_size", "recover_every", "epsilon", "space", "table")
+_FLAGS = ("dataset", "data_root", "epochs", "batch_size", "recover_every", "epsilon", "space")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -125,6 +144,7 @@ def _run(args: argparse.Namespace) -> int:
         extra["out"] = args.out if args.resume else None
     cfg = cli.build_config(method.config_cls, args, extra, base=_base_config(args, method))
     check_runtime(cfg)
+    check_table(cfg, args.table)
     out = cfg.out
     if method.checkpoints:
         state = cli.load_resume(out, args.resume, cfg=cfg, args=args)
@@ -144,10 +164,13 @@ def _run(args: argparse.Namespace) -> int:
                                                           else ""), flush=True)
     kwargs = method.launch_kwargs(cfg) if method.launch_kwargs is not None else {}
     hooks = cli.run_hooks(out, resume_epoch=done if method.checkpoints else None, checkpoint=method.checkpoints)
-    result = run_search(args.method, cfg, on_epoch_end=hooks, resume=state, progress=not args.no_progress, **kwargs)
+    result = run_search(args.method, cfg, on_epoch_end=hooks, resume=state, progress=not args.no_progress,
+                        table=args.table, **kwargs)
     paths = write_outputs(result, out)
     for line in (method.summary or (lambda c, r: _summary(args.method, c, r)))(cfg, result):
         print(line, flush=True)
+    if "benchmark" in result.extra:
+        print(benchmark_line(result.extra["benchmark"]), flush=True)
     print(f"genotype {result.genotype_digest} -> {paths['genotype']}", flush=True)
     return 0
 
@@ -174,6 +197,15 @@ def _summary(name: str, cfg: Any, result: Any) -> list[str]:
     if "export" in extra:
         lines.append(f"exported stand-alone model (Eq. 12) -> {extra['export']['export']}")
     return lines + [str(result.genotype)]
+
+
+def benchmark_line(rec: dict) -> str:
+    """The summary line of a table look-up: accuracy and percentile on each data set."""
+    if not rec.get("in_table", True):
+        return f"NAS-Bench-201 table: {rec['arch']} is not among its {rec['table_cells']} cells"
+    parts = [f"{d} {rec[d]:.2f} % (percentile {rec['percentile'][d]:.1f})" for d in TABLE_DATASETS
+             if rec.get(d) is not None]
+    return f"NAS-Bench-201 table ({rec['table_cells']} cells): " + ", ".join(parts)
 
 
 def main(argv: list[str] | None = None) -> int:

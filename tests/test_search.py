@@ -21,10 +21,10 @@ from spaces.registry import get_genotype
 
 
 def test_registry_lists_every_method_with_its_spaces_and_presets():
-    assert set(METHODS) == {"twostage", "darts", "onestage", "tenas", "random"}
+    assert set(METHODS) == {"twostage", "darts", "onestage", "tenas", "random", "params"}
     assert all(m.name == k for k, m in METHODS.items())
-    assert METHODS["tenas"].spaces == ("nb201", "darts") and METHODS["twostage"].spaces == ("darts",)
-    assert sorted(METHODS["onestage"].presets) == ["cifar10", "imagenet", "small"]
+    assert METHODS["tenas"].spaces == ("nb201", "darts") and METHODS["twostage"].spaces == ("darts", "nb201")
+    assert sorted(METHODS["onestage"].presets) == ["cifar10", "cpu", "imagenet", "paper", "small"]
     assert sweepable() == ["twostage"]
     assert get_method("twostage").sweep_params["lam"] == "recovery.lam"
     with pytest.raises(ConfigError, match="did you mean 'onestage'"):

@@ -11,7 +11,9 @@ low-dimensional variable b_{t,i} = A_{t,i} z_{t,i} in R^{m_i} (paper Sec. 3):
 * E_{t,i} = A^T A - I (the residual of A^T A to the identity, paper Eq. before 9).
 * z = argmin 1/2 ||A z - b||^2 + lambda ||z||_1 (Eq. 9), recovered for all nodes of all cell types in one padded
   batch by :func:`istanas.ista.recovery.lasso`, warm-started from the previous z.
-* Support S: top-s |z| per node (default), or s distinct input edges with their best op (DARTS's genotype rule).
+* Support S: top-s |z| per node (default), or s distinct input edges with their best op (DARTS's genotype rule;
+  the NAS-Bench-201 space's only rule, there with s_i = min(s, input edges of node i), ``ragged_s``).  A node whose
+  z has fewer non-zeros than it needs is filled by the largest |A^T b| among its zero entries, with a warning.
 * Coefficients on S (Eq. 11): c = b^T A_S - z_S^T E_SS, z treated as a constant, so that gradients reach b only.
 
 Layout: one parameter ``b [T, steps, m_max]`` and zero-padded buffers ``A [T, steps, m_max, n_max]``,
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
@@ -163,7 +166,12 @@ class CompressedSpace(nn.Module):
         steps: intermediate nodes per cell (4); node i has 2 + i input edges and n_i = (2 + i) K candidates.
         cfg: :class:`RecoveryConfig` (validated here).
         cell_types: names of the cell types, T = len(cell_types).
-        init_b_std: b is initialised to ``init_b_std * N(0, 1)`` (reference: 1e-3).
+        init_b_std: b is initialised to ``init_b_std * N(0, 1)`` (reference: 1e-3); must be > 0 (b = 0 gives
+            z = 0, all coefficients 0, every cell output 0, and so a zero gradient of b forever).
+        edges_per_node: input edges of every node (default ``2 + i``, the DARTS cell; NAS-Bench-201: 1, 2, 3).
+        ragged_s: node i keeps ``s_i = min(s, edges_per_node[i])`` entries (``support="distinct_edges"`` only: at
+            most one op per edge, so a node cannot keep more ops than it has edges); the support tensor stays
+            ``[T, steps, s]`` with slots ``j >= s_i`` set to -1 (no op; zero coefficient).
 
     Parameters / buffers (index order t, i):
         b: parameter ``[T, steps, m_max]`` (entries i >= m_i are padding, masked out everywhere).
@@ -174,7 +182,8 @@ class CompressedSpace(nn.Module):
     """
 
     def __init__(self, num_ops: int, steps: int = 4, cfg: Optional[RecoveryConfig] = None,
-                 cell_types: Sequence[str] = ("normal", "reduce"), init_b_std: float = 1e-3):
+                 cell_types: Sequence[str] = ("normal", "reduce"), init_b_std: float = 1e-3,
+                 edges_per_node: Optional[Sequence[int]] = None, ragged_s: bool = False):
         super().__init__()
         if isinstance(num_ops, bool) or not isinstance(num_ops, int) or num_ops < 1:
             raise ValueError(f"num_ops: must be an integer >= 1, got {num_ops!r}")
@@ -185,15 +194,24 @@ class CompressedSpace(nn.Module):
                 or not all(isinstance(c, str) for c in cell_types):
             raise ValueError(f"cell_types: must be distinct names, got {cell_types!r}")
         if isinstance(init_b_std, bool) or not isinstance(init_b_std, (int, float)) \
-                or not math.isfinite(init_b_std) or init_b_std < 0:
-            raise ValueError(f"init_b_std: must be a finite number >= 0, got {init_b_std!r}")
+                or not math.isfinite(init_b_std) or init_b_std <= 0:
+            raise ValueError(f"init_b_std: must be a finite number > 0 (b = 0 never gets a gradient), "
+                             f"got {init_b_std!r}")
         self.cfg = cfg if cfg is not None else RecoveryConfig()
         self.num_ops = num_ops
         self.steps = steps
         self.cell_types = cell_types
-        self.edges_per_node = [2 + i for i in range(steps)]
+        if edges_per_node is None:
+            edges_per_node = [2 + i for i in range(steps)]
+        self.edges_per_node = [int(e) for e in edges_per_node]
+        if len(self.edges_per_node) != steps or min(self.edges_per_node) < 1:
+            raise ValueError(f"edges_per_node: expected {steps} integers >= 1, got {list(edges_per_node)!r}")
         self.n_per_node = [e * num_ops for e in self.edges_per_node]
-        self.cfg.validate(self.n_per_node, self.edges_per_node)
+        self.ragged_s = bool(ragged_s)
+        if self.ragged_s and self.cfg.support != "distinct_edges":
+            raise ValueError("ragged_s: needs support='distinct_edges' (at most one op per input edge)")
+        self.cfg.validate(self.n_per_node, None if self.ragged_s else self.edges_per_node)
+        self.s_per_node = [min(self.cfg.s, e) if self.ragged_s else self.cfg.s for e in self.edges_per_node]
         self.m_per_node = self.cfg.m_per_node(steps)
         T, m_max, n_max = len(cell_types), max(self.m_per_node), max(self.n_per_node)
         f64 = torch.float64
@@ -218,6 +236,9 @@ class CompressedSpace(nn.Module):
         self.register_buffer("col_mask", col_mask)
         self.register_buffer("frozen", torch.zeros(T, steps, dtype=torch.bool))
         self.register_buffer("b_frozen", torch.zeros(T, steps, m_max, dtype=self.b.dtype))
+        slots = torch.arange(self.cfg.s).view(1, 1, -1) < torch.tensor(self.s_per_node).view(1, -1, 1)
+        self.register_buffer("slot_mask", slots.expand(T, steps, self.cfg.s).contiguous(), persistent=False)
+        self.underfilled = 0          # support selections that had to fill a node beyond its non-zeros of z
 
     def _draw(self, m: int, n: int, gen: torch.Generator) -> torch.Tensor:
         """One measurement matrix ``[m, n]`` (float64) from the seeded generator."""
@@ -280,10 +301,20 @@ class CompressedSpace(nn.Module):
 
         Ordered by decreasing |z| (ties: lower id first).  ``cfg.support == "topk"``: the s largest |z_k| of the
         node (Algorithm 1, the reference); ``"distinct_edges"``: the s input edges whose best op has the largest
-        |z|, each with that op (DARTS's genotype rule).  Padding is never selected.
+        |z|, each with that op (DARTS's genotype rule).  Padding is never selected; with ``ragged_s`` the slots
+        beyond a node's ``s_i`` are -1.
+
+        Fill rule: a node whose z has fewer non-zeros than its s_i ranks its zero entries by ``|A^T b|`` (the
+        correlation of each candidate's column with the measurement, i.e. the entry the LASSO would activate
+        first as lambda falls; ties: lower id), never silently by id; a ``RuntimeWarning`` names the nodes and
+        ``self.underfilled`` counts such selections.
         """
-        z = self.z if z is None else z
-        mag = torch.where(self.col_mask, z.detach().abs().to(torch.float64), -1.0)   # padding ranks last
+        z = (self.z if z is None else z).detach().to(torch.float64)
+        atb = (self.effective_b().detach().to(torch.float64).unsqueeze(-2) @ self.A).squeeze(-2).abs()
+        # non-zeros rank by |z| (> 0), zeros by |A^T b| mapped into (-1, 0), padding last (-2)
+        mag = torch.where(z != 0, z.abs(), -1.0 / (1.0 + atb))
+        mag = torch.where(self.col_mask, mag, -2.0)
+        self._warn_underfilled(z)
         s = self.cfg.s
         if self.cfg.support == "topk":
             order = torch.sort(mag, dim=-1, descending=True, stable=True).indices
@@ -292,7 +323,21 @@ class CompressedSpace(nn.Module):
         per_edge = mag.view(*mag.shape[:-1], -1, K)                     # [T, steps, edges_max, K]
         best, op = per_edge.max(-1)                                     # first max on ties
         edges = torch.sort(best, dim=-1, descending=True, stable=True).indices[..., :s]
-        return (edges * K + op.gather(-1, edges)).contiguous()
+        ids = edges * K + op.gather(-1, edges)
+        if self.ragged_s:
+            ids = torch.where(self.slot_mask, ids, -1)
+        return ids.contiguous()
+
+    def _warn_underfilled(self, z: torch.Tensor) -> None:
+        """Warn (and count) when some node's z has fewer non-zeros than its s_i (one host read)."""
+        nnz = ((z != 0) & self.col_mask).sum(-1)                                    # [T, steps]
+        need = torch.tensor(self.s_per_node, device=nnz.device).view(1, -1)
+        short = (nnz < need).nonzero().tolist()
+        if short:
+            self.underfilled += 1
+            names = ", ".join(f"{self.cell_types[t]} node {i}" for t, i in short)
+            warnings.warn(f"support: z has fewer non-zeros than s at {names}; filled by the largest |A^T b| "
+                          f"(a larger m or a smaller lambda gives z more non-zeros)", RuntimeWarning, stacklevel=3)
 
     def coefficients(self, support: torch.Tensor, z: Optional[torch.Tensor] = None,
                      dtype: Optional[torch.dtype] = None) -> torch.Tensor:
@@ -307,12 +352,19 @@ class CompressedSpace(nn.Module):
         dt = self.b.dtype if dtype is None else dtype
         z = (self.z if z is None else z).detach()
         b = self.effective_b().to(dt)
+        if self.ragged_s:                                   # -1 slots: any column gathered, zeroed below
+            valid = support >= 0
+            support = support.clamp_min(0)
         A_S = self.A.to(dt).gather(-1, support.unsqueeze(-2).expand(T, S, m_max, s))          # [T, S, m, s]
         E_S = self.E.to(dt).gather(-1, support.unsqueeze(-2).expand(T, S, n_max, s))
         E_SS = E_S.gather(-2, support.unsqueeze(-1).expand(T, S, s, s))                       # [T, S, s, s]
         z_S = z.to(dt).gather(-1, support)                                                    # [T, S, s]
+        if self.ragged_s:
+            z_S = z_S * valid.to(dt)
         bA = (b.unsqueeze(-2) @ A_S).squeeze(-2)
         zE = (z_S.unsqueeze(-2) @ E_SS).squeeze(-2)
+        if self.ragged_s:
+            return (bA - zE) * valid.to(dt)
         return bA - zE
 
     def genotype_pairs(self, support_cpu: torch.Tensor) -> dict[str, list[tuple[int, int]]]:
@@ -329,7 +381,8 @@ class CompressedSpace(nn.Module):
             pairs: list[tuple[int, int]] = []
             for i in range(self.steps):
                 for k in reversed(ids[t][i]):
-                    pairs.append((int(k) % K, int(k) // K))
+                    if k >= 0:                                  # -1: an empty slot of a ragged support
+                        pairs.append((int(k) % K, int(k) // K))
             out[name] = pairs
         return out
 
@@ -379,7 +432,8 @@ class HostRecovery:
         self.mirror: Optional[CompressedSpace] = None
         if dev.type != "cpu" and (want is None or torch.device(want).type == "cpu"):
             cfg = dataclasses.replace(space.cfg, device=None)
-            mirror = CompressedSpace(space.num_ops, space.steps, cfg, cell_types=space.cell_types)
+            mirror = CompressedSpace(space.num_ops, space.steps, cfg, cell_types=space.cell_types,
+                                     edges_per_node=space.edges_per_node, ragged_s=space.ragged_s)
             mirror.load_state_dict({k: v.detach().cpu() for k, v in space.state_dict().items()})
             mirror.frozen.zero_()      # b arrives already "effective" (frozen nodes at their frozen value)
             self.mirror = mirror

@@ -44,6 +44,10 @@ How this implementation reads it (each choice is a setting; the default is named
   a support above it is rejected as a whole and the previous z and support are kept (the reference: "rejected",
   x_last kept).  Unlike the reference, the stop rule then sees the kept z, not the rejected candidate's.
 
+NAS-Bench-201 (``space="nb201"``, :mod:`istanas.cell_space`): the same algorithm on the NAS-Bench-201 super-net
+(one cell type, 3 nodes, node j keeps min(s, j) ops, at most one per edge; no auxiliary head, no export: Eq. 12's
+fold targets the DARTS-space stand-alone network); the result is the NAS-Bench-201 cell of the final support.
+
 Data: the whole training set trains W and b (``get_loaders(..., "train")``); ``valid`` is the test set, evaluated
 every ``eval_every`` epochs for monitoring only (as the reference, which logs the test accuracy; nothing is chosen
 on it).
@@ -58,7 +62,6 @@ a step has no host read; the per-epoch stop test reads ``||dz||`` once.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -68,13 +71,14 @@ import torch
 from torch import nn
 
 from spaces.networks import is_imagenet
-from .compressed import CompressedSpace, HostRecovery, RecoveryConfig, genotype_from_support, support_churn
+from .compressed import CompressedSpace, HostRecovery, RecoveryConfig, support_churn
+from ..cell_space import NB201_RECOVERY, cell_space
 from ..config import ConfigError, SearchOptimConfig, check, preset
 from ..data import DataConfig, Loaders
 from ..engine import Update, place
-from ..supernet import CELL_TYPES, ISTA_PRIMITIVES, SparseSuperNet, SupportPlan
+from ..supernet import SparseSuperNet, SupportPlan
 from ..training import cosine_lr, evaluate, task_data
-from .twostage import RECOVER_EVERY, validate_recovery
+from .twostage import RECOVER_EVERY
 
 STOP_SCOPES = ("node", "network")
 LR_SCHEDULES = ("constant_then_cosine", "cosine")
@@ -92,6 +96,9 @@ class OneStageConfig(SearchOptimConfig):
     auxiliary head 0.4, drop-path 0.2 after the switch, cutout 16, epsilon 1e-3, at most 600 search epochs then 600
     training epochs) on the data of ``data``; :meth:`preset` gives whole setups: ``"small"`` (digits, a tiny net,
     CPU minutes), ``"cifar10"``, ``"imagenet"`` (14 cells, 48 channels, an ImageFolder; ``data.root`` required).
+
+    ``space="nb201"``: presets ``cpu`` and ``paper`` (NAS-Bench-201's network C = 16, N = 5, 50 epochs, batch 64;
+    Algorithm 2 is single-level, so the whole training set trains W and b); ``auxiliary`` must be false there.
 
     ``param_budget``: None = off (the paper); the reference rejects supports whose stand-alone CIFAR network has
     more than 3.7e6 parameters (set ``param_budget=3.7e6``).  ``epsilon = 0`` switches the epsilon rule off (the
@@ -147,8 +154,11 @@ class OneStageConfig(SearchOptimConfig):
                 and (v < hi if hi_open else v <= hi)
             check(ok, f"{name}: must be a finite number in [{lo}, {hi}{')' if hi_open else ']'}, got {v!r}")
 
-        check(self.C >= 2 and self.C % 2 == 0,
+        nb201 = self.space == "nb201"
+        check(nb201 or (self.C >= 2 and self.C % 2 == 0),
               f"C: must be an even integer >= 2 (FactorizedReduce halves the channels), got {self.C!r}")
+        check(not (nb201 and self.auxiliary), "auxiliary: the nb201 super-net has no auxiliary head; set "
+                                               "auxiliary=false")
         opt_int("search_epochs", 1)
         opt_int("train_epochs", 1)
         if self.search_epochs is not None:
@@ -169,6 +179,8 @@ class OneStageConfig(SearchOptimConfig):
         if self.param_budget is not None:
             num("param_budget", 1.0)
         num("init_b_std", 0.0)
+        check(self.init_b_std > 0, "init_b_std: must be > 0 (b = 0 gives zero coefficients and a zero gradient "
+                                   "of b forever)")
         num("auxiliary_weight", 0.0)
         num("drop_path", 0.0, 1.0, hi_open=True)
         num("label_smoothing", 0.0, 1.0, hi_open=True)
@@ -176,10 +188,10 @@ class OneStageConfig(SearchOptimConfig):
               f"eval_every: must be an integer >= 1, got {self.eval_every!r}")
         check(self.data.cutout <= self.data.resolved_image_size,
               f"data.cutout: {self.data.cutout} is larger than the image ({self.data.resolved_image_size} px)")
-        check(self.recovery.s == 2,
+        check(nb201 or self.recovery.s == 2,
               f"recovery.s: one-stage search needs s = 2 (the stand-alone DARTS network that Eq. 12 produces has "
               f"exactly two inputs per node), got {self.recovery.s!r}")
-        validate_recovery(self.recovery, self.steps)
+        cell_space(self).validate_recovery(self.recovery)
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> "OneStageConfig":
@@ -221,7 +233,31 @@ OneStageConfig.PRESETS = {
         "init_b_std": 1e-3, "recover_every": "step", "epsilon": 1e-3, "auxiliary": True, "auxiliary_weight": 0.4,
         "drop_path": 0.0, "label_smoothing": 0.1,
     },
+    # NAS-Bench-201, a 2-core CPU fidelity (the two-stage "cpu" preset's data and network; benchmarks/README.md)
+    "cpu": {
+        "space": "nb201",
+        "data": {"dataset": "cifar10", "batch_size": 64, "eval_batch_size": 256, "cutout": 0, "image_size": 16,
+                 "limit_train": 1000, "limit_test": 500},
+        "recovery": {"lam": 1e-5, **NB201_RECOVERY, "matrix": "uniform"},
+        "C": 8, "layers": 1, "epochs": 8, "search_epochs": 8, "train_epochs": None,
+        "lr": 0.05, "lr_min": 0.001, "lr_schedule": "constant_then_cosine", "momentum": 0.9, "weight_decay": 3e-4,
+        "grad_clip": 5.0, "arch_lr": 1e-2, "arch_betas": [0.5, 0.999], "arch_weight_decay": 1e-3,
+        "init_b_std": 1e-3, "recover_every": "step", "epsilon": 1e-3, "auxiliary": False, "drop_path": 0.0,
+        "label_smoothing": 0.0, "bf16": False, "channels_last": False,
+    },
+    # NAS-Bench-201's search network and budget (C = 16, N = 5, 50 epochs, batch 64, SGD 0.025, Adam 3e-4)
+    "paper": {
+        "space": "nb201",
+        "data": {"dataset": "cifar10", "batch_size": 64, "eval_batch_size": 256, "cutout": 0},
+        "recovery": {"lam": 1e-5, **NB201_RECOVERY, "matrix": "uniform"},
+        "C": 16, "layers": 5, "epochs": 50, "search_epochs": 50, "train_epochs": None,
+        "lr": 0.025, "lr_min": 0.001, "lr_schedule": "constant_then_cosine", "momentum": 0.9, "weight_decay": 3e-4,
+        "grad_clip": 5.0, "arch_lr": 3e-4, "arch_betas": [0.5, 0.999], "arch_weight_decay": 1e-3,
+        "init_b_std": 1e-3, "recover_every": "step", "epsilon": 1e-3, "auxiliary": False, "drop_path": 0.0,
+        "label_smoothing": 0.0,
+    },
 }
+OneStageConfig.NB201_OVERLAY = {"recovery": dict(NB201_RECOVERY), "auxiliary": False}
 
 
 # ------------------------------------------------------------------------------------------------ distributed
@@ -323,8 +359,8 @@ def candidate_param_table(supernet: SparseSuperNet) -> tuple[int, torch.Tensor]:
     candidate id k (input edge k // K, op k % K), the parameters of that op summed over every cell of type t.  The
     one-stage super-net's ops have the stand-alone layout (``bn_after_param_free``), so this is exact.
     """
-    K, S, T = supernet.num_ops, supernet.steps, len(CELL_TYPES)
-    n_max = (1 + S) * K
+    K, S, T = supernet.num_ops, supernet.steps, len(supernet.cell_type_names)
+    n_max = max(supernet.edges_per_node) * K
     cost = torch.zeros(T, S, n_max, dtype=torch.int64)
     for c in supernet.candidate_ops():
         cost[c.cell_type, c.node, c.edge * K + c.op] += sum(p.numel() for p in c.module.parameters())
@@ -368,13 +404,12 @@ class OneStageTask:
         self.dist = dist if dist is not None else DistHooks()
         self.device, self.loaders = task_data(cfg, "train", loaders, device)
         dataset = cfg.data.dataset
-        supernet = SparseSuperNet(C=cfg.C, num_classes=self.loaders.num_classes, layers=cfg.layers, steps=cfg.steps,
-                                  multiplier=cfg.steps, in_channels=self.loaders.in_channels,
-                                  primitives=ISTA_PRIMITIVES, onestage=True, auxiliary=cfg.auxiliary,
-                                  stem="imagenet" if is_imagenet(dataset) else "cifar")
-        rcfg = dataclasses.replace(cfg.recovery, seed=int(cfg.seed) + int(cfg.recovery.seed))
-        space = CompressedSpace(len(ISTA_PRIMITIVES), cfg.steps, rcfg, cell_types=CELL_TYPES,
-                                init_b_std=cfg.init_b_std)
+        self.cell_space = cell_space(cfg)
+        kw = {} if self.cell_space.nb201 else {"auxiliary": cfg.auxiliary,
+                                               "stem": "imagenet" if is_imagenet(dataset) else "cifar"}
+        supernet = self.cell_space.sparse_supernet(cfg, self.loaders.num_classes, self.loaders.in_channels,
+                                                   onestage=True, **kw)
+        space = self.cell_space.compressed(cfg)
         self.net = OneStageNet(place(supernet, self.device, cfg.channels_last), space, dataset,
                                self.loaders.image_size).to(self.device)
         self.space = self.net.space
@@ -384,7 +419,7 @@ class OneStageTask:
         self.a_opt = torch.optim.Adam([self.space.b], lr=cfg.arch_lr, betas=tuple(cfg.arch_betas),
                                       weight_decay=cfg.arch_weight_decay)
         self._fixed_params, self._param_cost = candidate_param_table(supernet)
-        T, S = len(CELL_TYPES), cfg.steps
+        T, S = len(space.cell_types), space.steps
         self.stop_epochs = torch.zeros(T, S, dtype=torch.int64)
         self.forced = torch.zeros(T, S, dtype=torch.bool)
         self.z_frozen = torch.zeros_like(self.space.z)
@@ -412,8 +447,10 @@ class OneStageTask:
         return int(self.switch_epoch)
 
     def support_params(self, support_host: torch.Tensor) -> int:
-        """Parameters of the stand-alone network of ``support_host`` (auxiliary head excluded)."""
-        return int(self._fixed_params + self._param_cost.gather(-1, support_host.to(torch.int64)).sum())
+        """Parameters of the stand-alone network of ``support_host`` (auxiliary head excluded; -1 = empty slot)."""
+        sup = support_host.to(torch.int64)
+        cost = self._param_cost.gather(-1, sup.clamp_min(0)) * (sup >= 0)
+        return int(self._fixed_params + cost.sum())
 
     # ---------------------------------------------------------------------------------------------- recovery
     def _recover(self, warm_start: bool = True) -> None:
@@ -539,12 +576,12 @@ class OneStageTask:
                         "support_changes": float(self.churn_total - churn0),
                         "recoveries": float(self.recoveries - rec0), "recovery_time_s": self.recovery_time - rtime0,
                         "rejections": float(self.rejections - rej0)})
-            for t, name in enumerate(CELL_TYPES):
-                for i in range(cfg.steps):
+            for t, name in enumerate(self.space.cell_types):
+                for i in range(self.space.steps):
                     out[f"dz_{name}_{i}"] = float(dz[t, i])
             out["dz_max"] = float(dz.max())
-        for t, name in enumerate(CELL_TYPES):
-            for i in range(cfg.steps):
+        for t, name in enumerate(self.space.cell_types):
+            for i in range(self.space.steps):
                 out[f"stop_epoch_{name}_{i}"] = float(self.stop_epochs[t, i])
         out["nodes_stopped"] = float((self.stop_epochs > 0).sum())
         out["switch_epoch"] = float(self.switch_epoch)
@@ -600,14 +637,15 @@ class OneStageTask:
 
     # ---------------------------------------------------------------------------------------------- results
     def genotype(self):
-        """The genotype of the current support (:func:`istanas.ista.compressed.genotype_from_support`)."""
-        return genotype_from_support(self.support_host, self.space.z, ISTA_PRIMITIVES, self.cfg.steps)
+        """The genotype of the current support (:meth:`istanas.cell_space.CellSpace.genotype`)."""
+        return self.cell_space.genotype(self.support_host, self.space.z)
 
     def stop_report(self) -> dict[str, Any]:
         """``{"stop_epochs": {cell: [epoch per node]}, "forced": {cell: [bool]}, "switch_epoch",
         "search_finished", "rejections"}``."""
-        return {"stop_epochs": {n: [int(v) for v in self.stop_epochs[t].tolist()] for t, n in enumerate(CELL_TYPES)},
-                "forced": {n: [bool(v) for v in self.forced[t].tolist()] for t, n in enumerate(CELL_TYPES)},
+        names = self.space.cell_types
+        return {"stop_epochs": {n: [int(v) for v in self.stop_epochs[t].tolist()] for t, n in enumerate(names)},
+                "forced": {n: [bool(v) for v in self.forced[t].tolist()] for t, n in enumerate(names)},
                 "switch_epoch": int(self.switch_epoch), "search_finished": not self.searching,
                 "rejections": int(self.rejections)}
 

@@ -32,7 +32,6 @@ per-epoch metrics: train / architecture-step / validation loss and accuracy, sup
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -41,11 +40,11 @@ from typing import Any, ClassVar, Optional
 import torch
 from torch import nn
 
-from .compressed import CompressedSpace, HostRecovery, RecoveryConfig, genotype_from_support, support_churn
+from .compressed import HostRecovery, RecoveryConfig, support_churn
+from ..cell_space import NB201_RECOVERY, cell_space
 from ..config import ConfigError, SearchOptimConfig, check, preset
 from ..data import DataConfig, Loaders
 from ..engine import Update, cycle, place
-from ..supernet import CELL_TYPES, ISTA_PRIMITIVES, SparseSuperNet
 from ..training import cosine_lr, evaluate, task_data
 
 RECOVER_EVERY = ("step", "epoch")
@@ -70,6 +69,9 @@ class TwoStageConfig(SearchOptimConfig):
     from ``seed + recovery.seed`` (one seed drives a whole run, as in the reference; ``recovery.seed`` offsets A).
     ``deterministic``: on CUDA, deterministic cuDNN / torch algorithms during the search, so that the same seed and
     device give the same genotype (false: somewhat faster, run-to-run noise in the weights and so in S).
+    ``space``: ``"darts"`` or ``"nb201"`` (:mod:`istanas.cell_space`; presets ``cpu`` and ``paper`` are NAS-Bench-201
+    searches: a 2-core CPU fidelity and NAS-Bench-201's own search settings); :data:`NB201_OVERLAY` is what
+    ``--space nb201`` lays over a DARTS-space preset.
     """
 
     data: DataConfig = field(default_factory=lambda: DataConfig(batch_size=256))
@@ -96,7 +98,29 @@ class TwoStageConfig(SearchOptimConfig):
             "weight_decay": 3e-4, "grad_clip": 5.0, "arch_lr": 1e-2, "arch_betas": [0.5, 0.999],
             "arch_weight_decay": 1e-3, "init_b_std": 1e-3, "recover_every": "step", "epsilon": 0.0,
         },
+        # NAS-Bench-201, a 2-core CPU fidelity (benchmarks/README.md: time and table accuracy measured)
+        "cpu": {
+            "space": "nb201",
+            "data": {"dataset": "cifar10", "batch_size": 64, "eval_batch_size": 256, "cutout": 0,
+                     "train_portion": 0.5, "image_size": 16, "limit_train": 2000, "limit_test": 500},
+            "recovery": {"lam": 1e-5, **NB201_RECOVERY, "matrix": "uniform"},
+            "C": 8, "layers": 1, "epochs": 8, "lr": 0.05, "lr_min": 0.001, "momentum": 0.9,
+            "weight_decay": 3e-4, "grad_clip": 5.0, "arch_lr": 1e-2, "arch_betas": [0.5, 0.999],
+            "arch_weight_decay": 1e-3, "init_b_std": 1e-3, "recover_every": "step", "epsilon": 0.0,
+        },
+        # NAS-Bench-201's own search settings (C = 16, N = 5, 50 epochs, batch 64, CIFAR-10 train set in halves,
+        # SGD lr 0.025 cosine to 0.001, momentum 0.9, weight decay 3e-4, clip 5, Adam 3e-4 (0.5, 0.999) 1e-3)
+        "paper": {
+            "space": "nb201",
+            "data": {"dataset": "cifar10", "batch_size": 64, "eval_batch_size": 256, "cutout": 0,
+                     "train_portion": 0.5},
+            "recovery": {"lam": 1e-5, **NB201_RECOVERY, "matrix": "uniform"},
+            "C": 16, "layers": 5, "epochs": 50, "lr": 0.025, "lr_min": 0.001, "momentum": 0.9,
+            "weight_decay": 3e-4, "grad_clip": 5.0, "arch_lr": 3e-4, "arch_betas": [0.5, 0.999],
+            "arch_weight_decay": 1e-3, "init_b_std": 1e-3, "recover_every": "step", "epsilon": 0.0,
+        },
     }
+    NB201_OVERLAY: ClassVar[dict[str, Any]] = {"recovery": dict(NB201_RECOVERY)}
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` (a ``ValueError``) naming the first bad field; reads no data, probes nothing
@@ -110,13 +134,15 @@ class TwoStageConfig(SearchOptimConfig):
               f"recover_every: must be one of {list(RECOVER_EVERY)}, got {self.recover_every!r}")
         check(isinstance(self.epsilon, (int, float)) and math.isfinite(self.epsilon) and self.epsilon >= 0,
               f"epsilon: must be a finite number >= 0 (0 = off), got {self.epsilon!r}")
-        check(isinstance(self.init_b_std, (int, float)) and math.isfinite(self.init_b_std) and self.init_b_std >= 0,
-              f"init_b_std: must be a finite number >= 0, got {self.init_b_std!r}")
-        validate_recovery(self.recovery, self.steps)
+        check(isinstance(self.init_b_std, (int, float)) and not isinstance(self.init_b_std, bool)
+              and math.isfinite(self.init_b_std) and self.init_b_std > 0,
+              f"init_b_std: must be a finite number > 0 (b = 0 gives zero coefficients and a zero gradient of b "
+              f"forever), got {self.init_b_std!r}")
+        cell_space(self).validate_recovery(self.recovery)
 
     def node_sizes(self) -> list[int]:
-        """n_i = (2 + i) K candidates of node i (14, 21, 28, 35 for the K = 7 ops and 4 nodes)."""
-        return [(2 + i) * len(ISTA_PRIMITIVES) for i in range(self.steps)]
+        """n_i = (input edges of node i) K candidates (DARTS: 14, 21, 28, 35; NAS-Bench-201: 4, 8, 12)."""
+        return cell_space(self).node_sizes()
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> "TwoStageConfig":
@@ -125,14 +151,10 @@ class TwoStageConfig(SearchOptimConfig):
         return preset(cls, name, **overrides)
 
 
-def validate_recovery(recovery: RecoveryConfig, steps: int) -> None:
-    """Check a search's recovery settings against its cell (n_i = (2 + i) K candidates, 2 + i input edges per node);
+def validate_recovery(recovery: RecoveryConfig, steps: int, space: str = "darts") -> None:
+    """Check a search's recovery settings against its cell (:meth:`istanas.cell_space.CellSpace.validate_recovery`);
     errors name the field as ``recovery.<field>``."""
-    K = len(ISTA_PRIMITIVES)
-    try:
-        recovery.validate([(2 + i) * K for i in range(steps)], [2 + i for i in range(steps)])
-    except ConfigError as e:
-        raise ConfigError(f"recovery.{e}") from None
+    cell_space(space, steps).validate_recovery(recovery)
 
 
 # ---------------------------------------------------------------------------------------------------------- task
@@ -148,12 +170,10 @@ class TwoStageTask:
                  device: Optional[torch.device] = None):
         self.cfg = cfg
         self.device, self.loaders = task_data(cfg, "search", loaders, device)
-        self.model = place(SparseSuperNet(C=cfg.C, num_classes=self.loaders.num_classes, layers=cfg.layers,
-                                          steps=cfg.steps, multiplier=cfg.steps, in_channels=self.loaders.in_channels,
-                                          primitives=ISTA_PRIMITIVES), self.device, cfg.channels_last)
-        rcfg = dataclasses.replace(cfg.recovery, seed=int(cfg.seed) + int(cfg.recovery.seed))
-        self.space = CompressedSpace(len(ISTA_PRIMITIVES), cfg.steps, rcfg, cell_types=CELL_TYPES,
-                                     init_b_std=cfg.init_b_std).to(self.device)
+        self.cell_space = cell_space(cfg)
+        self.model = place(self.cell_space.sparse_supernet(cfg, self.loaders.num_classes, self.loaders.in_channels),
+                           self.device, cfg.channels_last)
+        self.space = self.cell_space.compressed(cfg).to(self.device)
         self.criterion = nn.CrossEntropyLoss()
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                          weight_decay=cfg.weight_decay)
@@ -256,8 +276,8 @@ class TwoStageTask:
             "support_changes": float(self.churn_total - churn0), "recoveries": float(self.recoveries - rec0),
             "recovery_time_s": self.recovery_time - rtime0,
         }
-        for t, name in enumerate(CELL_TYPES):
-            for i in range(self.cfg.steps):
+        for t, name in enumerate(self.space.cell_types):
+            for i in range(self.space.steps):
                 out[f"dz_{name}_{i}"] = float(dz[t][i])
         out["dz_max"] = float(max(max(r) for r in dz))
         return out
@@ -280,8 +300,9 @@ class TwoStageTask:
 
     # ---------------------------------------------------------------------------------------------- results
     def genotype(self):
-        """The genotype of the current support (:func:`istanas.ista.compressed.genotype_from_support`)."""
-        return genotype_from_support(self.support_host, self.space.z, ISTA_PRIMITIVES, self.cfg.steps)
+        """The genotype of the current support (:meth:`istanas.cell_space.CellSpace.genotype`: DARTS
+        :func:`istanas.ista.compressed.genotype_from_support`, or the NAS-Bench-201 cell of the support)."""
+        return self.cell_space.genotype(self.support_host, self.space.z)
 
 
 __all__ = ["TwoStageConfig", "RECOVER_EVERY", "TwoStageTask", "validate_recovery"]
