@@ -207,7 +207,8 @@ def cuda_test_files() -> list[str]:
     for f in sorted(os.listdir(folder)):
         if f.startswith("test_") and f.endswith(".py") and f != "test_gpu_check.py":
             with open(os.path.join(folder, f), encoding="utf-8") as fh:
-                if "cuda" in fh.read():
+                text = fh.read()
+                if "cuda" in text or "gpu_decode" in text:
                     out.append(os.path.join("tests", f))
     return out
 

@@ -491,7 +491,9 @@ def test_cli_onestage_checkpoints_resumes_and_exports(tmp_path, monkeypatch):
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
     rows = [json.loads(line) for line in open(os.path.join(b, "metrics.jsonl"))]
     assert [row["epoch"] for row in rows] == [1, 2, 3]
-    assert launch_search.main(base + ["--out", str(tmp_path / "c"), "--space", "darts"]) == 2
+    # a bad setting is one clear error before any work (b would never get a gradient)
+    assert launch_search.main(base + ["--out", str(tmp_path / "c"), "--set", "init_b_std=0"]) == 2
+    assert not os.path.exists(os.path.join(tmp_path, "c", "checkpoint.pt"))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
