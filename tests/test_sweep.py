@@ -298,8 +298,8 @@ def test_interrupted_then_killed_then_resumed_sweep_gives_every_trial_once(tmp_p
 
 def test_sweep_whose_trials_all_fail_says_so(ray_local, tmp_path):
     points = "points_to_evaluate=[{lam: 0.08, s: 2, m: 6, epsilon: 0.0}, {lam: 0.08, s: 3, m: 6, epsilon: 0.0}]"
-    cfg = _cfg(tmp_path, "num_samples=2", "max_concurrent=1", "search.epochs=1", "retrain.top_k=1", points,
-               name="allfail")
+    cfg = _cfg(tmp_path, "num_samples=2", "max_concurrent=1", "search.epochs=1", "asha.grace_period=1", "retrain.top_k=1",
+               points, name="allfail")
     out = run_sweep(cfg, search_fn=rigged_search, echo=False)
     assert out.all_failed and not out.interrupted and out.num_errors == 2
     assert len(out.errors) == 2 and all("NonFiniteLossError" in why for _, why in out.errors)
