@@ -156,11 +156,15 @@ def build_job(args: argparse.Namespace) -> DistSearchConfig:
     cfg = from_dict(DistSearchConfig, data)
     cfg.validate()
     check_image_folder(cfg)
+    return cfg
+
+
+def preflight_job(cfg) -> None:
+    """What the embedded local Ray (or the storage path, the seed) makes impossible, before Ray starts."""
     n = int(cfg.num_workers)
     preflight(cfg, {"num_workers x cpus_per_worker / gpus_per_worker": (
         n * float(cfg.cpus_per_worker), n * float(cfg.gpus_per_worker) if cfg.use_gpu else 0.0)},
         storage_path=cfg.storage_path, seed=cfg.search.get("seed"))
-    return cfg
 
 
 def check_image_folder(cfg) -> None:
@@ -203,6 +207,7 @@ def _run(args: argparse.Namespace) -> int:
         print(yaml.safe_dump({"job": job, "search": to_dict(build_search_config(cfg, device="cpu"))},
                              sort_keys=False), end="")
         return 0
+    preflight_job(cfg)   # after --print-config: a cluster's config prints anywhere
     check_run(cfg, args.resume)
     out = run_distributed_search(cfg, resume=args.resume, validate=False)
     m = out.metrics

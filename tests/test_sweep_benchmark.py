@@ -81,13 +81,15 @@ def test_cli_rejects_benchmark_without_table_before_ray_starts(monkeypatch, caps
 def test_the_nb201_sweep_config_validates_and_reaches_the_search(csv_table):
     from orchestrator.sweep_config import build_search_config
 
-    cfg = load_sweep_config(os.path.join(REPO, "configs", "sweep_nb201.yaml"))
+    # the config names ../shared/data/nasbench201_full.csv; a clone elsewhere points it at the same file
+    cfg = load_sweep_config(os.path.join(REPO, "configs", "sweep_nb201.yaml"), overrides=[f"table={csv_table[0]}"])
     assert cfg.objective == "benchmark" and cfg.table == csv_table[0] and cfg.retrain.top_k == 0
     assert cfg.node_sizes() == [4, 8, 12] and cfg.tune_param_names() == ["lam", "s", "m_0", "m_1", "m_2", "epsilon"]
     scfg = build_search_config(cfg, {"lam": 1e-4, "s": 2, "m_0": 3, "m_1": 5, "m_2": 11, "epsilon": 0.0})
     assert scfg.space == "nb201" and scfg.recovery.m == [3, 5, 11] and scfg.recovery.s == 2
     with pytest.raises(ConfigError, match="search.space"):
-        load_sweep_config(os.path.join(REPO, "configs", "sweep_nb201.yaml"), overrides=["search.space=darts"])
+        load_sweep_config(os.path.join(REPO, "configs", "sweep_nb201.yaml"),
+                          overrides=[f"table={csv_table[0]}", "search.space=darts"])
 
 
 def test_table_path_is_made_absolute(csv_table, monkeypatch):
