@@ -110,13 +110,14 @@ def benchmark_record(genotype: Any, table: str) -> dict[str, Any]:
 
 def run_search(method: str, cfg: Any, *, data: Any = None, on_epoch_end: Optional[OnEpochEnd] = None,
                resume: Optional[dict] = None, progress: bool = True, table: Optional[str] = None,
-               **method_kwargs: Any) -> SearchResult:
+               task_out: Optional[list] = None, **method_kwargs: Any) -> SearchResult:
     """Run the search ``method`` (a name of :data:`istanas.methods.METHODS`) with config ``cfg``.
 
     ``data``: loaders (default: the method's own, from ``cfg.data``); ``on_epoch_end(metrics, state)`` runs after
     every epoch (:func:`istanas.engine.run`; ``state["task"]`` is the task's state dict); ``resume`` is such a
     state.  ``table``: a NAS-Bench-201 table to score the found cell with, after the search (module doc).
-    ``method_kwargs`` go to the method (one-stage: ``dist``, ``export_dir``).
+    ``method_kwargs`` go to the method (one-stage: ``dist``, ``export_dir``).  If ``task_out`` is a list, an engine
+    method's task is appended to it (to reach the trained super-net, e.g. ``benchmarks/bench_consistency.py``).
     """
     m = get_method(method)
     if not isinstance(cfg, m.config_cls):
@@ -128,19 +129,21 @@ def run_search(method: str, cfg: Any, *, data: Any = None, on_epoch_end: Optiona
         result = m.run(cfg, data=data, on_epoch_end=on_epoch_end, resume=resume, progress=progress,
                        **method_kwargs)
     else:
-        result = _run_engine(m, cfg, data, on_epoch_end, resume, progress, method_kwargs)
+        result = _run_engine(m, cfg, data, on_epoch_end, resume, progress, method_kwargs, task_out)
     if table is not None:
         result.extra["benchmark"] = benchmark_record(result.genotype, table)
     return result
 
 
 def _run_engine(m: Method, cfg: Any, data: Any, on_epoch_end: Optional[OnEpochEnd], resume: Optional[dict],
-                progress: bool, kwargs: dict[str, Any]) -> SearchResult:
+                progress: bool, kwargs: dict[str, Any], task_out: Optional[list] = None) -> SearchResult:
     t0 = time.perf_counter()
     det = bool(getattr(cfg, "deterministic", True)) and engine.resolve_device(cfg.device).type == "cuda"
     with deterministic_algorithms(det):
         seed_everything(cfg.seed)
         task = m.task(cfg, data, **kwargs)
+        if task_out is not None:
+            task_out.append(task)
         history = engine.run(task, epochs=cfg.epochs, on_epoch_end=on_epoch_end, resume=resume, progress=progress,
                              desc=m.name)
     last = history[-1] if history else {}
