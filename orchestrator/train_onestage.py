@@ -23,7 +23,9 @@ import functools
 import json
 import math
 import os
+import re
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field, replace
@@ -33,16 +35,18 @@ import torch
 import torch.distributed as dist
 
 from istanas import checkpoint as ckpt
+from istanas.cli import check_run_config
 from istanas.config import ConfigError, check, deep_merge, from_dict, to_dict
-from istanas.data import get_loaders
+from istanas.data import ImageSource, _folder_items, get_loaders
+from istanas.engine import NonFiniteLossError
 from istanas.ista.onestage import OneStageConfig
 from istanas.search import run_search
 
-from .cluster import cluster_address, copy_dir, exists, init_ray
+from .cluster import cluster_address, copy_dir, exists, filesystem, init_ray
 from .dist_hooks import TorchDistHooks, shard_eval_loader
 from .metrics import TrainGauges
 from .results import scalar_metrics
-from .sweep_config import _NAME_RE, RayClusterConfig, StoragePathMixin
+from .sweep_config import _NAME_RE, RayClusterConfig, StoragePathMixin, is_storage_uri
 
 STATE_FILE = "state.pt"
 REPORTS_FILE = "reports.json"
@@ -149,7 +153,9 @@ class DistSearchConfig(RayClusterConfig, StoragePathMixin):
             check(n >= need, f"use_gpu: {self.num_workers} workers x {self.gpus_per_worker} GPUs need {need:g} "
                              f"GPUs, but this machine has {n}; use fewer workers, drop --use-gpu, or join a "
                              f"cluster with --address")
-        build_search_config(self, device="cpu")
+        scfg = build_search_config(self, device="cpu")
+        check_run_config(scfg)
+        check_data_listing(self, scfg)
 
     def on_cluster(self) -> bool:
         return cluster_address(self) is not None
@@ -190,16 +196,42 @@ def build_search_config(cfg: DistSearchConfig, device: Optional[str] = None):
     return scfg
 
 
+def check_data_listing(cfg: DistSearchConfig, scfg: Any) -> None:
+    """What the file list of a local ImageFolder root (or zip) decides, before Ray starts: the layout, the train /
+    test split (a single split needs ``data.holdout_fraction``) and a full batch on every rank.  Lists names only
+    (no image is read); a root the driver cannot see (a cluster's) is left to the workers.  ``ConfigError``."""
+    data = scfg.data
+    if data.dataset != "imagenet" or data.root is None or not os.path.exists(data.root):
+        return
+    try:
+        train, _ = _folder_items(data, ImageSource(data.root))
+    except ConfigError as e:
+        raise ConfigError(f"search.{e}") from None
+    except (ValueError, OSError) as e:   # the data module names data.root in its ValueErrors
+        raise ConfigError(f"search.{e}" if str(e).startswith("data.") else f"search.data.root: {e}") from None
+    per_rank = len(train) // cfg.num_workers
+    if per_rank < 1 or (data.drop_last and per_rank < data.batch_size):
+        raise ConfigError(f"search.data.batch_size: {data.batch_size} per worker, but each of the {cfg.num_workers} "
+                          f"workers gets {per_rank} of the {len(train)} training images; no full batch could be "
+                          f"drawn (lower the batch or --num-workers)")
+
+
 # --------------------------------------------------------------------------------------------------- run folder
 def run_exists(cfg: DistSearchConfig) -> bool:
-    """Whether ``<storage>/<name>`` already holds a run."""
+    """Whether ``<storage>/<name>`` already holds a run: anything besides hidden files (Ray Train's
+    ``.validate_storage_marker``, all that a run stopped by a config error before its first report leaves, so the
+    corrected command reuses the folder as a fresh run)."""
     if not cfg.is_uri:
         p = cfg.run_path
-        return os.path.isdir(p) and bool(os.listdir(p))
+        return os.path.isdir(p) and any(not n.startswith(".") for n in os.listdir(p))
     import pyarrow as pa
+    import pyarrow.fs as pafs
 
     try:
-        return exists(cfg.run_path)
+        if not exists(cfg.run_path):
+            return False
+        fs, p = filesystem(cfg.run_path)
+        return any(not i.base_name.startswith(".") for i in fs.get_file_info(pafs.FileSelector(p)))
     except (OSError, ValueError, pa.ArrowException) as e:
         raise ConfigError(f"storage_path: cannot reach {cfg.run_path}: {e} (check the URI and the credentials)") \
             from None
@@ -302,9 +334,119 @@ def _epoch_line(cfg: DistSearchConfig, m: dict) -> str:
     return f"[istanas {cfg.name}] epoch {m.get('epoch')}: " + " | ".join(parts)
 
 
+# --------------------------------------------------------------------------------------- deterministic failures
+class JobConfigError(ConfigError):
+    """A worker's error that a retry from the last checkpoint would only repeat (a bad config or data root, a
+    corrupt checkpoint with no good one before it, a non-finite loss): :class:`FailFastOnConfigError` ends the
+    run on it at once instead of spending ``max_failures`` retries."""
+
+
+#: errors of a worker that are deterministic: the same config, data and checkpoint give them again
+DETERMINISTIC_ERRORS = (ConfigError, ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
+                        PermissionError, NonFiniteLossError)
+
+
+def _fail_fast_callback():
+    """A Ray Train ``UserCallback`` (runs in the controller): on a :class:`JobConfigError` of any worker it raises
+    it, which Ray Train V2 turns into a ``ControllerError`` that its default failure policy does not retry (callback
+    errors are not retryable, ``RETRYABLE_CONTROLLER_ERRORS``); every other worker error still goes to
+    ``FailureConfig(max_failures)``."""
+    from ray.train.v2.api.callback import UserCallback
+
+    class FailFastOnConfigError(UserCallback):
+        def after_exception(self, run_context: Any, worker_exceptions: dict) -> None:
+            for rank in sorted(worker_exceptions):
+                err = worker_exceptions[rank]
+                if isinstance(err, JobConfigError):
+                    raise JobConfigError(str(err))
+
+    return FailFastOnConfigError()
+
+
+def config_error_of(err: BaseException) -> Optional[JobConfigError]:
+    """The :class:`JobConfigError` with which :class:`FailFastOnConfigError` stopped a run (the controller failure
+    of the ``TrainingFailedError`` that ``fit()`` raised), else None."""
+    cause = getattr(err, "controller_failure", None)
+    return cause if isinstance(cause, JobConfigError) else None
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints
+_CKPT_RE = re.compile(r"^epoch_(\d+)")
+
+
+def _load_dir(d: str) -> dict:
+    """The engine state of one checkpoint folder, ``state.pt`` verified against its size / SHA-256 record; the
+    per-epoch reports ride inside it (``reports``; older checkpoints: ``reports.json``)."""
+    state = ckpt.load(os.path.join(d, STATE_FILE))
+    if "reports" not in state and os.path.isfile(os.path.join(d, REPORTS_FILE)):
+        with open(os.path.join(d, REPORTS_FILE), encoding="utf-8") as f:
+            state["reports"] = json.load(f)
+    return state
+
+
+def _epoch_checkpoints(run_path: str) -> list[tuple[int, str]]:
+    """``(epoch, path)`` of the run's ``epoch_*`` checkpoint folders (local or a storage URI), newest first."""
+    if is_storage_uri(run_path):
+        import pyarrow.fs as pafs
+
+        fs, p = filesystem(run_path)
+        names = [i.base_name for i in fs.get_file_info(pafs.FileSelector(p, allow_not_found=True))
+                 if i.type == pafs.FileType.Directory]
+    else:
+        local = run_path[len("file://"):] if run_path.startswith("file://") else run_path
+        names = [n for n in os.listdir(local) if os.path.isdir(os.path.join(local, n))] if os.path.isdir(local) \
+            else []
+    found = [(int(m.group(1)), f"{run_path}/{n}") for n in names if (m := _CKPT_RE.match(n))]
+    return sorted(found, key=lambda t: (t[0], t[1]), reverse=True)
+
+
+def load_resume_state(checkpoint: Any, run_path: str, verbose: bool = True) -> tuple[dict, str]:
+    """(state, the checkpoint it came from) for Ray Train's latest ``checkpoint``.  A latest checkpoint that is
+    corrupt, truncated or unreadable is named on stderr and the newest good ``epoch_*`` checkpoint before it is used
+    (``keep_checkpoints`` >= 2 keeps one); none good: :class:`JobConfigError` naming the files.  Every rank makes
+    the same choice (the same folders, read in the same order)."""
+    from ray.train import Checkpoint
+
+    try:
+        with checkpoint.as_directory() as d:
+            return _load_dir(d), checkpoint.path
+    except (ckpt.CheckpointError, ValueError, OSError) as first:
+        bad = str(first)
+    tried = [checkpoint.path]
+    latest = os.path.basename(str(checkpoint.path).rstrip("/"))
+    m = _CKPT_RE.match(latest)
+    limit = int(m.group(1)) if m else None
+    for epoch, path in _epoch_checkpoints(run_path):
+        if path.rstrip("/") == str(checkpoint.path).rstrip("/") or (limit is not None and epoch > limit):
+            continue
+        tried.append(path)
+        try:
+            with Checkpoint(path).as_directory() as d:
+                state = _load_dir(d)
+        except (ckpt.CheckpointError, ValueError, OSError):
+            continue
+        if verbose:
+            print(f"warning: {bad}; resuming from the previous good checkpoint {path} (epoch {state.get('epoch')})",
+                  file=sys.stderr, flush=True)
+        return state, path
+    raise JobConfigError(f"{bad}; no good checkpoint to fall back on (tried {', '.join(map(str, tried))}); start the "
+                         f"run afresh under another --name")
+
+
 def train_loop_per_worker(config: dict, before_report: Optional[BeforeReport] = None) -> None:
     """The Ray Train worker: one rank of the one-stage search (see the module doc).  ``before_report(rank, epoch,
-    metrics)`` runs before every epoch's report (a test hook)."""
+    metrics)`` runs before every epoch's report (a test hook).  A deterministic error (:data:`DETERMINISTIC_ERRORS`)
+    is raised as a :class:`JobConfigError`, which ends the run without retries."""
+    try:
+        _train_loop(config, before_report)
+    except JobConfigError:
+        raise
+    except DETERMINISTIC_ERRORS as e:
+        msg = str(e) if isinstance(e, ConfigError) else f"{type(e).__name__}: {e}"
+        raise JobConfigError(msg) from None
+
+
+def _train_loop(config: dict, before_report: Optional[BeforeReport]) -> None:
     import ray.train
     import ray.train.torch
     from ray.train import Checkpoint
@@ -333,15 +475,14 @@ def train_loop_per_worker(config: dict, before_report: Optional[BeforeReport] = 
     n_eval = int(getattr(data.valid, "num_samples", 0) or 0)
     sharded_eval = cfg.shard_eval and world > 1 and getattr(data.valid, "world_size", 1) == world
 
-    resume, start, reports = None, 0, []
+    resume, start, reports, redo, used = None, 0, [], "", ""
     found = ray.train.get_checkpoint()
     if found is not None:
-        with found.as_directory() as d:
-            resume = ckpt.load(os.path.join(d, STATE_FILE))
-            if os.path.isfile(os.path.join(d, REPORTS_FILE)):
-                with open(os.path.join(d, REPORTS_FILE), encoding="utf-8") as f:
-                    reports = [r for r in json.load(f) if int(r.get("epoch", 0)) <= int(resume["epoch"])]
+        resume, used = load_resume_state(found, cfg.run_path, verbose=cfg.verbose and rank == 0)
         start = int(resume["epoch"])
+        reports = [r for r in resume.pop("reports", None) or [] if int(r.get("epoch", 0)) <= start]
+        if used != found.path:      # epochs after the fallback are redone: fresh folder names, no clash
+            redo = f"-from{start:05d}"
     resume = resume_for_rank(resume, rank, world, scfg.seed)
     if rank == 0 and cfg.verbose:
         what = f"resuming after epoch {start}" if resume is not None else "fresh start"
@@ -381,9 +522,10 @@ def train_loop_per_worker(config: dict, before_report: Optional[BeforeReport] = 
         reports.append({k: v for k, v in m.items() if k != "genotype"})
         if rank == 0:
             with tempfile.TemporaryDirectory() as d:
-                ckpt.save(state, os.path.join(d, STATE_FILE))
-                ckpt.atomic_write_json(os.path.join(d, REPORTS_FILE), reports)
-                ray.train.report(m, checkpoint=Checkpoint.from_directory(d), checkpoint_dir_name=f"epoch_{epoch:05d}")
+                ckpt.save({**state, "reports": reports}, os.path.join(d, STATE_FILE))   # size / SHA-256 recorded
+                ckpt.atomic_write_json(os.path.join(d, REPORTS_FILE), reports)           # for people
+                ray.train.report(m, checkpoint=Checkpoint.from_directory(d),
+                                 checkpoint_dir_name=f"epoch_{epoch:05d}{redo}")
         else:
             ray.train.report(m)
         if rank == 0 and cfg.verbose:
@@ -407,6 +549,7 @@ def train_loop_per_worker(config: dict, before_report: Optional[BeforeReport] = 
                           if isinstance(result.history[-1].get(k), float)})
         final.update({"search_done": 1, "genotype_digest": result.genotype_digest, "genotype": result.genotype_json,
                       "export_dir": cfg.export_path, "resumed_from_epoch": start,
+                      "resume_checkpoint": os.path.basename(str(used).rstrip("/")),
                       "support_mismatches": hooks.support_mismatches,
                       "switch_epoch": int(result.extra.get("switch_epoch", 0)),
                       "params": int(result.extra.get("params", 0)),
@@ -421,7 +564,7 @@ def train_loop_per_worker(config: dict, before_report: Optional[BeforeReport] = 
         keep = os.path.join(tmp, "final")
         os.makedirs(keep)
         if last.get("state") is not None:
-            ckpt.save(last["state"], os.path.join(keep, STATE_FILE))
+            ckpt.save({**last["state"], "reports": reports}, os.path.join(keep, STATE_FILE))
         rec = result.to_record()
         rec.pop("genotype", None)
         rec["history"] = [scalar_metrics(h) for h in result.history]
@@ -476,7 +619,8 @@ def build_trainer(cfg: DistSearchConfig, scfg: Any = None, before_report: Option
                                      resources_per_worker=cfg.worker_resources()),
         run_config=RunConfig(name=cfg.name, storage_path=cfg.storage,
                              failure_config=FailureConfig(max_failures=cfg.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints)),
+                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+                             callbacks=[_fail_fast_callback()]),
     )
 
 
@@ -494,8 +638,16 @@ def run_distributed_search(cfg: DistSearchConfig, *, resume: bool = False, valid
                        dashboard_note=" - the Train view lists the run, its workers and per-epoch metrics")
     import ray
 
+    from ray.train import TrainingFailedError
+
     try:
         result = build_trainer(cfg, scfg, before_report).fit()
+    except TrainingFailedError as e:
+        bad = config_error_of(e)
+        if bad is None:
+            raise
+        raise JobConfigError(f"{bad} (the run stopped at once: retrying cannot fix it; correct it and rerun the "
+                             f"same command)") from None
     finally:
         if started:
             ray.shutdown()
@@ -508,5 +660,6 @@ def run_distributed_search(cfg: DistSearchConfig, *, resume: bool = False, valid
 
 __all__ = ["DistSearchConfig", "DistOutcome", "build_search_config", "build_trainer", "worker_config", "check_run", "run_exists",
            "run_distributed_search", "train_loop_per_worker", "BeforeReport", "rank_seed", "seeded_wrap",
-           "gather_rng_states", "resume_for_rank", "STATE_FILE", "REPORTS_FILE",
+           "gather_rng_states", "resume_for_rank", "STATE_FILE", "REPORTS_FILE", "JobConfigError", "DETERMINISTIC_ERRORS",
+           "config_error_of", "load_resume_state", "check_data_listing",
            "RESULT_FILE", "EXPORT_DIR", "RECORD_PREFIX"]

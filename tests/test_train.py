@@ -27,9 +27,11 @@ from istanas.data import DataConfig, get_loaders
 from istanas.ista.absorb import load_exported
 from istanas.ista.onestage import DistHooks, OneStageConfig, OneStageTask
 from orchestrator.dist_hooks import TorchDistHooks, shard_eval_loader
-from orchestrator.train_onestage import (RECORD_PREFIX, DistSearchConfig, build_search_config, check_run,
-                                         gather_rng_states, rank_seed, resume_for_rank, run_distributed_search,
-                                         seeded_wrap, worker_config)
+from orchestrator.train_onestage import (RECORD_PREFIX, STATE_FILE, DistSearchConfig, JobConfigError,
+                                         build_search_config, check_run, gather_rng_states, load_resume_state,
+                                         rank_seed, resume_for_rank, run_distributed_search, run_exists, seeded_wrap,
+                                         worker_config)
+from tests.test_reliability import flip_byte
 from spaces.registry import load_genotype
 
 N_CLASSES, N_TRAIN, N_VAL = 4, 8, 2
@@ -107,6 +109,14 @@ def test_two_workers_end_to_end_with_a_killed_worker(imagefolder, ray_local, tmp
     marker = str(tmp_path / "killed")
     record = str(tmp_path / "record")
     cfg = _job(imagefolder, str(tmp_path), record_dir=record)
+    # a deterministic error only the workers see (validate=False skips the driver's data check; a root that is no
+    # ImageFolder): the run stops on the first attempt (FailFastOnConfigError; without it Ray Train would retry
+    # max_failures=2 times and raise a WorkerGroupError) with the message, and leaves the folder to the corrected
+    # command: the fresh run below reuses it without --resume
+    with pytest.raises(JobConfigError, match="data.root: .*no train/, test/ or val/") as bad:
+        run_distributed_search(_job(os.path.join(imagefolder, "val"), str(tmp_path)), validate=False)
+    assert "retrying cannot fix it" in str(bad.value) and "\n" not in str(bad.value)
+    assert os.path.isdir(cfg.run_path) and not run_exists(cfg)
     out = run_distributed_search(cfg, before_report=KillOnce(epoch=3, rank=1, marker=marker))
 
     # one worker was killed mid-run (before its report of epoch 3); the run resumed from the last checkpoint Ray
@@ -153,11 +163,19 @@ def test_two_workers_end_to_end_with_a_killed_worker(imagefolder, ray_local, tmp
     # search_epochs=2 stopped the rest: the switch
     assert 1 <= reports[0]["nodes_stopped"] < 8 and reports[1]["nodes_stopped"] == 8
 
-    # rerunning the same run name and storage resumes it (here: from its final checkpoint, nothing left to train)
+    # rerunning the same run name and storage resumes it (here: nothing left to train); a flipped byte in the
+    # latest (final) checkpoint is detected (SHA-256 record) and the previous good one, epoch_00004, is used
+    flip_byte(os.path.join(out.checkpoint_path, STATE_FILE))
     again = run_distributed_search(_job(imagefolder, str(tmp_path), record_dir=None), resume=True)
+    assert again.metrics["resume_checkpoint"] == "epoch_00004"
     assert again.metrics["resumed_from_epoch"] == 4 and again.genotype_digest == out.genotype_digest
     with pytest.raises(ConfigError, match="exists"):
         run_distributed_search(_job(imagefolder, str(tmp_path)))
+    # every checkpoint damaged: one error naming them, on the first attempt (no retries)
+    for path in glob.glob(os.path.join(cfg.run_path, "*", STATE_FILE)):
+        flip_byte(path)
+    with pytest.raises(JobConfigError, match="corrupt.*no good checkpoint to fall back on"):
+        run_distributed_search(_job(imagefolder, str(tmp_path), record_dir=None), resume=True)
 
 
 # ---------------------------------------------------------------------------------------------------- config
@@ -183,6 +201,57 @@ def test_config_validation_names_the_field(imagefolder, tmp_path):
     assert build_search_config(cfg, "cpu").data.batch_size == 8
 
 
+def test_driver_checks_the_data_listing(imagefolder, tmp_path):
+    """The file list of a local root decides the layout, the split and a batch per rank before Ray starts."""
+    import shutil
+
+    single = str(tmp_path / "single")
+    shutil.copytree(os.path.join(imagefolder, "train"), os.path.join(single, "train"))
+    cfg = _job(single, str(tmp_path))
+    cfg.search = {**cfg.search, "data": {**cfg.search["data"], "root": single}}
+    with pytest.raises(ConfigError, match="search.data.root: .*has only train/.*holdout_fraction"):
+        cfg.validate()
+    cfg.search["data"]["holdout_fraction"] = 0.25
+    cfg.validate()
+    cfg.search["data"]["root"] = os.path.join(imagefolder, "val")            # no split folders at all
+    with pytest.raises(ConfigError, match="search.data.root: .*no train/, test/ or val/"):
+        cfg.validate()
+    cfg = _job(imagefolder, str(tmp_path), num_workers=2)
+    cfg.search = {**cfg.search, "data": {**cfg.search["data"], "batch_size": 17, "drop_last": True}}
+    with pytest.raises(ConfigError, match="batch_size: 17 per worker.*16 of the 32"):
+        cfg.validate()
+    cfg.search["data"]["batch_size"] = 16
+    cfg.validate()
+
+
+def test_corrupt_job_checkpoint_falls_back_to_the_previous_good_one(tmp_path, capsys):
+    """load_resume_state: a flipped byte in Ray Train's latest checkpoint is named and the newest good epoch_*
+    folder before it is used (its reports too); none good: a JobConfigError naming every file tried."""
+    pytest.importorskip("ray")
+    from ray.train import Checkpoint
+
+    from istanas import checkpoint as ckpt
+
+    run = tmp_path / "run"
+    for e in (1, 2, 3):
+        ckpt.save({"epoch": e, "w": torch.full((64,), float(e)), "reports": [{"epoch": k} for k in range(1, e + 1)]},
+                  str(run / f"epoch_{e:05d}" / STATE_FILE))
+    latest = Checkpoint(str(run / "epoch_00003"))
+    state, used = load_resume_state(latest, str(run))
+    assert state["epoch"] == 3 and used == latest.path
+    flip_byte(str(run / "epoch_00003" / STATE_FILE))
+    state, used = load_resume_state(latest, str(run))
+    assert state["epoch"] == 2 and used.endswith("epoch_00002") and torch.equal(state["w"], torch.full((64,), 2.0))
+    assert [r["epoch"] for r in state["reports"]] == [1, 2]
+    err = capsys.readouterr().err
+    assert "epoch_00003/state.pt is corrupt" in err and "epoch_00002" in err
+    flip_byte(str(run / "epoch_00002" / STATE_FILE), offset=10)
+    assert load_resume_state(latest, str(run))[0]["epoch"] == 1
+    flip_byte(str(run / "epoch_00001" / STATE_FILE))
+    with pytest.raises(JobConfigError, match="epoch_00003.*no good checkpoint.*epoch_00002.*epoch_00001"):
+        load_resume_state(latest, str(run))
+
+
 def test_cluster_data_root_is_checked_on_the_workers(imagefolder, tmp_path):
     """Joining a cluster, a data root that is not visible from the driver is left to the workers."""
     cfg = _job(imagefolder, str(tmp_path), address="auto")
@@ -199,6 +268,8 @@ def test_run_folder_fresh_or_resume(imagefolder, tmp_path):
     with pytest.raises(ConfigError, match="--resume"):
         check_run(cfg, resume=True)
     os.makedirs(cfg.run_path)
+    open(os.path.join(cfg.run_path, ".validate_storage_marker"), "w").close()   # a run stopped before any report
+    check_run(cfg, resume=False)
     open(os.path.join(cfg.run_path, "x"), "w").close()
     with pytest.raises(ConfigError, match="exists"):
         check_run(cfg, resume=False)
@@ -229,6 +300,7 @@ def test_cli_rejects_bad_input_before_ray_starts(imagefolder, tmp_path, capsys):
         ["--data", imagefolder, "--set", "lr=-1", "--storage-path", store],
         ["--data", imagefolder, "--set", "nonsense=1", "--storage-path", store],
         ["--data", imagefolder, "--storage-path", store, "--resume"],          # nothing to resume
+        ["--data", os.path.join(imagefolder, "val"), "--storage-path", store],   # no split folders
     ]
     if not torch.cuda.is_available():
         cases.append(["--data", imagefolder, "--use-gpu", "--storage-path", store])
