@@ -10,30 +10,49 @@ torch RNG, so the same seed gives the same cells on any machine):
 One is picked: ``pick="random"`` the sample at a seeded random index (no proxy); ``"fewest_params"`` /
 ``"most_params"`` the stand-alone network (:func:`spaces.networks.build_network` with ``C``, ``layers``,
 ``num_classes``; auxiliary head excluded) with the fewest / most parameters, ties to the earliest sample.
+
+``pick="trained"`` (the wall-time-matched baseline of a weight-sharing search): the samples are short-trained one
+after another, each its stand-alone network (``C``, ``layers``) for ``train_epochs`` epochs with the project's
+retraining task (:class:`istanas.retrain.RetrainTask` run by :func:`istanas.engine.run`: SGD ``lr`` cosine to
+``lr_min``, ``momentum``, ``weight_decay``, clip ``grad_clip``, no auxiliary head, no drop-path) on the training
+half of ``data``'s search split, and scored by top-1 accuracy on the validation half (no augmentation).  A new
+sample starts only while less than ``time_budget_s`` has passed since the search began (so budget 0 trains
+exactly one), at most ``samples`` in all; the pick is the highest validation accuracy, ties to the earliest.  The
+benchmark table is never read.
 """
 from __future__ import annotations
 
+import dataclasses
+import math
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Optional
+
+import torch
 
 from spaces.genotype import Genotype, NB201Genotype
 from spaces.networks import build_network
 from spaces.ops import DARTS_PRIMITIVES, NB201_PRIMITIVES
 from spaces.profile import count_parameters
 
+from . import engine
+from .checkpoint import seed_everything
 from .config import ConfigError, check, to_dict
+from .data import DataConfig, Loaders
 from .result import SearchResult
+from .retrain import RetrainConfig, RetrainTask
+from .training import task_data
 
 SPACES = ("darts", "nb201")
-PICKS = ("random", "fewest_params", "most_params")
+PICKS = ("random", "fewest_params", "most_params", "trained")
 
 
 @dataclass
 class RandomSearchConfig:
     """Settings of a random search (see the module doc).  ``C`` / ``layers`` size the networks whose parameters
-    the ``*_params`` picks count (NB201: ``layers`` = cells per stage N)."""
+    the ``*_params`` picks count and that ``pick="trained"`` trains (NB201: ``layers`` = cells per stage N);
+    ``data``, ``train_epochs``, ``time_budget_s``, ``lr`` ... ``grad_clip`` are ``pick="trained"``'s."""
 
     space: str = "darts"
     samples: int = 100
@@ -45,6 +64,14 @@ class RandomSearchConfig:
     seed: int = 0
     device: str = "cpu"
     out: str = "runs/search-random"
+    data: DataConfig = field(default_factory=DataConfig)
+    train_epochs: int = 2
+    time_budget_s: float = 0.0
+    lr: float = 0.05
+    lr_min: float = 0.001
+    momentum: float = 0.9
+    weight_decay: float = 3e-4
+    grad_clip: float = 5.0
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "small": {"samples": 20, "C": 8, "layers": 5},
@@ -52,6 +79,16 @@ class RandomSearchConfig:
         # NAS-Bench-201 (the bench's fidelities): one uniformly random cell, no training (the space's prior)
         "cpu": {"space": "nb201", "samples": 1, "C": 16, "layers": 5},
         "paper": {"space": "nb201", "samples": 1, "C": 16, "layers": 5},
+        # trained: the two-stage "cpu" preset's data and network, each sample short-trained
+        # (benchmarks/bench_search_quality.py sets time_budget_s to the two-stage search's wall time)
+        "cpu_trained": {"space": "nb201", "pick": "trained", "samples": 1000, "C": 8, "layers": 1,
+                        "train_epochs": 2, "time_budget_s": 60.0, "lr": 0.05, "lr_min": 0.001,
+                        "data": {"dataset": "cifar10", "batch_size": 64, "eval_batch_size": 256, "cutout": 0,
+                                 "train_portion": 0.5, "image_size": 16, "limit_train": 2000, "limit_test": 500}},
+        "paper_trained": {"space": "nb201", "pick": "trained", "samples": 1000, "C": 16, "layers": 5,
+                          "train_epochs": 12, "time_budget_s": 3600.0, "lr": 0.1, "lr_min": 0.0,
+                          "data": {"dataset": "cifar10", "batch_size": 256, "eval_batch_size": 256, "cutout": 0,
+                                   "train_portion": 0.5}},
     }
 
     def validate(self) -> None:
@@ -66,8 +103,25 @@ class RandomSearchConfig:
         check(self.space == "darts" or self.steps == 4, "steps: NAS-Bench-201 cells have 3 nodes; leave steps at 4")
         check(isinstance(self.seed, int) and not isinstance(self.seed, bool), f"seed: must be an integer, got "
                                                                                f"{self.seed!r}")
-        check(self.device in ("auto", "cpu"), f"device: random search runs on the CPU (auto or cpu), got "
-                                              f"{self.device!r}")
+        if self.pick != "trained":
+            check(self.device in ("auto", "cpu"), f"device: random search runs on the CPU (auto or cpu), got "
+                                                  f"{self.device!r}")
+            return
+        check(self.device in ("auto", "cpu", "cuda") or str(self.device).startswith("cuda:"),
+              f"device: must be auto, cpu or cuda, got {self.device!r}")
+        check(self.space == "nb201", f"pick: 'trained' short-trains NAS-Bench-201 networks; use --space nb201, got "
+                                     f"{self.space!r}")
+        if not isinstance(self.data, DataConfig):
+            raise ConfigError("data: expected a DataConfig mapping")
+        self.data.validate()
+        check(isinstance(self.train_epochs, int) and not isinstance(self.train_epochs, bool)
+              and self.train_epochs >= 1, f"train_epochs: must be an integer >= 1, got {self.train_epochs!r}")
+        for name in ("time_budget_s", "lr", "lr_min", "momentum", "weight_decay", "grad_clip"):
+            v = getattr(self, name)
+            check(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0,
+                  f"{name}: must be a finite number >= 0, got {v!r}")
+        check(self.lr > 0 and self.lr_min <= self.lr, f"lr: must be > 0 and >= lr_min, got {self.lr!r}")
+        check(self.momentum < 1, f"momentum: must be in [0, 1), got {self.momentum!r}")
 
 
 def sample_darts(rng: random.Random, steps: int = 4) -> Genotype:
@@ -103,6 +157,8 @@ def random_search(cfg: RandomSearchConfig, *, data: Any = None,
     t0 = time.perf_counter()
     rng = random.Random(cfg.seed)
     cells = [sample_darts(rng, cfg.steps) if cfg.space == "darts" else sample_nb201(rng) for _ in range(cfg.samples)]
+    if cfg.pick == "trained":
+        return _trained_search(cfg, cells, data, on_epoch_end, t0)
     count = cfg.pick != "random"
     history = []
     for i, g in enumerate(cells):
@@ -125,8 +181,66 @@ def random_search(cfg: RandomSearchConfig, *, data: Any = None,
                         device="cpu", wall_time_s=wall, session_time_s=wall)
 
 
+def short_train_config(cfg: RandomSearchConfig, g: NB201Genotype) -> RetrainConfig:
+    """The retraining config of one sample of ``pick="trained"`` (evaluated once, after the last epoch)."""
+    return RetrainConfig(genotype=g.to_arch_str(), data=cfg.data, epochs=cfg.train_epochs, lr=cfg.lr,
+                         lr_min=cfg.lr_min, lr_schedule="cosine", momentum=cfg.momentum,
+                         weight_decay=cfg.weight_decay, auxiliary=False, drop_path=0.0, grad_clip=cfg.grad_clip,
+                         C=cfg.C, layers=cfg.layers, eval_every=cfg.train_epochs, device=cfg.device, bf16=False,
+                         channels_last=False, seed=cfg.seed)
+
+
+def search_loaders(cfg: RandomSearchConfig, data: Optional[Loaders] = None) -> tuple[torch.device, Loaders]:
+    """The device and the loaders of ``pick="trained"``: the training half of the search split (augmented) and
+    the validation half without augmentation (``data``, when given, is used as is)."""
+    if data is not None:
+        return task_data(cfg, "search", data)
+    dev, weights = task_data(cfg, "search")
+    _, plain = task_data(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, augment=False)), "search",
+                         device=dev)
+    return dev, dataclasses.replace(weights, valid=plain.valid, valid_size=plain.valid_size)
+
+
+def short_train(cfg: RandomSearchConfig, g: NB201Genotype, loaders: Loaders, device: torch.device,
+                seed: int) -> float:
+    """Train ``g``'s stand-alone network (:func:`short_train_config`) on ``loaders.train`` and return its top-1
+    accuracy on ``loaders.valid`` after the last epoch."""
+    seed_everything(seed)
+    task = RetrainTask(short_train_config(cfg, g), loaders=loaders, device=device)
+    engine.run(task, epochs=cfg.train_epochs, progress=False, desc="random sample")
+    return float(task.last_acc)
+
+
+def _trained_search(cfg: RandomSearchConfig, cells: list, data: Optional[Loaders],
+                    on_epoch_end: Optional[Callable[[dict, dict], None]], t0: float) -> SearchResult:
+    dev, loaders = search_loaders(cfg, data)
+    history: list[dict[str, Any]] = []
+    for i, g in enumerate(cells):
+        if i > 0 and time.perf_counter() - t0 >= cfg.time_budget_s:
+            break
+        t1 = time.perf_counter()
+        acc = short_train(cfg, g, loaders, dev, seed=cfg.seed + i)
+        row: dict[str, Any] = {"sample": i, "genotype": g.to_json(), "val_acc": acc,
+                               "train_time_s": time.perf_counter() - t1}
+        history.append(row)
+        if on_epoch_end is not None:
+            on_epoch_end(dict(row), {})
+    accs = [r["val_acc"] for r in history]
+    picked = max(range(len(accs)), key=lambda i: (accs[i] if math.isfinite(accs[i]) else -math.inf, -i))
+    g = cells[picked]
+    wall = time.perf_counter() - t0
+    return SearchResult(method="random", genotype=g, history=history,
+                        final={"samples": len(history), "picked": picked, "val_acc": accs[picked],
+                               "params_m": _params_m(g, cfg), "time_budget_s": float(cfg.time_budget_s)},
+                        config=to_dict(cfg), device=str(dev), wall_time_s=wall, session_time_s=wall)
+
+
 def describe(cfg: RandomSearchConfig) -> str:
     """The launcher's line before a run."""
+    if cfg.pick == "trained":
+        return (f"random search, space {cfg.space}: up to {cfg.samples} samples trained {cfg.train_epochs} epochs "
+                f"each within {cfg.time_budget_s:g} s on {cfg.data.dataset}, pick the best validation accuracy, "
+                f"seed {cfg.seed}")
     return f"random search, space {cfg.space}: {cfg.samples} samples, pick {cfg.pick}, seed {cfg.seed}"
 
 
@@ -137,5 +251,5 @@ def summary(cfg: RandomSearchConfig, result: SearchResult) -> list[str]:
             str(result.genotype)]
 
 
-__all__ = ["RandomSearchConfig", "random_search", "sample_darts", "sample_nb201", "describe", "summary", "SPACES",
-           "PICKS"]
+__all__ = ["RandomSearchConfig", "random_search", "sample_darts", "sample_nb201", "short_train_config",
+           "short_train", "search_loaders", "describe", "summary", "SPACES", "PICKS"]

@@ -1,0 +1,78 @@
+"""Random search with ``pick="trained"``: the wall-time-matched baseline (istanas.random_search).
+
+The pick is the argmax of the recorded validation accuracies (checked with scripted accuracies), the budget is
+respected by counting trained samples (budget 0: exactly one; a budget never reached: ``samples``), the samples are
+the seeded draw of the untrained random search, and one real short training on digits gives an accuracy that is a
+count over the validation half.
+"""
+from __future__ import annotations
+
+import random
+
+import pytest
+
+import istanas.random_search as rs
+from istanas.config import ConfigError, deep_merge, from_dict, preset_data
+from istanas.data import DataConfig
+from istanas.random_search import RandomSearchConfig, random_search, sample_nb201
+from istanas.search import run_search
+
+ACCS = [0.20, 0.55, 0.70, 0.40, 0.70, 0.10]
+
+
+def _cfg(**kw) -> RandomSearchConfig:
+    base = dict(space="nb201", pick="trained", samples=6, C=4, layers=1, train_epochs=1, time_budget_s=1e9,
+                data=DataConfig(dataset="digits", batch_size=32, image_size=8, limit_train=96))
+    base.update(kw)
+    return RandomSearchConfig(**base)
+
+
+@pytest.fixture
+def scripted(monkeypatch):
+    calls = []
+
+    def fake(cfg, g, loaders, device, seed):
+        calls.append(g.to_arch_str())
+        return ACCS[len(calls) - 1]
+
+    monkeypatch.setattr(rs, "short_train", fake)
+    return calls
+
+
+def test_pick_is_the_argmax_of_recorded_val_acc_ties_to_earliest(scripted):
+    r = random_search(_cfg(seed=4))
+    accs = [row["val_acc"] for row in r.history]
+    assert accs == ACCS and len(scripted) == 6
+    assert r.final["picked"] == 2 == accs.index(max(accs))
+    rng = random.Random(4)
+    drawn = [sample_nb201(rng).to_arch_str() for _ in range(6)]     # the untrained random search's draw
+    assert scripted == drawn and r.genotype.to_arch_str() == drawn[2]
+
+
+def test_budget_zero_trains_exactly_one_sample(scripted):
+    r = random_search(_cfg(time_budget_s=0.0))
+    assert len(scripted) == 1 and r.final["samples"] == 1 and r.final["picked"] == 0
+
+
+def test_samples_cap_the_count_when_the_budget_is_not_reached(scripted):
+    r = random_search(_cfg(samples=3))
+    assert len(scripted) == 3 and len(r.history) == 3 and r.final["picked"] == 2
+
+
+def test_one_real_short_training_on_digits():
+    r = run_search("random", _cfg(time_budget_s=0.0), progress=False)
+    (row,) = r.history
+    n_valid = 96 - int(96 * 0.5)                                     # the search split's validation half
+    assert 0.0 <= row["val_acc"] <= 1.0 and abs(row["val_acc"] * n_valid - round(row["val_acc"] * n_valid)) < 1e-9
+    assert r.final["val_acc"] == row["val_acc"]
+
+
+def test_trained_pick_config_errors_name_the_field():
+    for kw, field in ((dict(space="darts", layers=5), "pick"), (dict(train_epochs=0), "train_epochs"),
+                      (dict(time_budget_s=-1.0), "time_budget_s"), (dict(lr=0.0), "lr")):
+        with pytest.raises(ConfigError, match=field):
+            _cfg(**kw).validate()
+    cfg = from_dict(RandomSearchConfig, deep_merge(preset_data(RandomSearchConfig, "cpu_trained"),
+                                                   {"data": {"dataset": "digits"}}))   # no CIFAR-10 needed here
+    cfg.validate()
+    assert cfg.pick == "trained" and (cfg.C, cfg.layers, cfg.data.image_size, cfg.data.limit_train) == (8, 1, 16, 2000)
