@@ -1,5 +1,6 @@
 """Shared test fixtures.
 
+``RAY_ENABLE_AUTO_CONNECT=0``: no Ray API call starts a Ray implicitly (see below).
 ``shared_data``: the project's real-data folder (``../shared/data`` next to the checkout, or
 ``$ISTANAS_SHARED_DATA``); tests that need it are skipped where it is absent.
 """
@@ -9,6 +10,12 @@ import os
 import sys
 
 import pytest
+
+# A Ray call made after a test's ray.shutdown() (a lingering Tune thread, a finally block racing a worker thread)
+# must fail, not silently start a fresh local Ray inside the pytest process: a cluster started that way and torn
+# down again leaves the driver's core worker waiting for its GCS, and 60 s later Ray ends the whole pytest process
+# with exit status 1 and no summary (seen once on a busy machine). Every code path here calls ray.init itself.
+os.environ.setdefault("RAY_ENABLE_AUTO_CONNECT", "0")
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:  # tests run from a checkout without installation
