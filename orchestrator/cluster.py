@@ -1,19 +1,20 @@
 """Ray start / join and storage, once for the sweep and the Ray Train job.
 
-:func:`init_ray` starts an embedded local Ray (dashboard bound to ``dashboard_host``, 127.0.0.1 unless asked; token
-auth as Ray sets it up) or joins ``address`` / ``RAY_ADDRESS``, shipping the project's packages as ``runtime_env``
+:func:`init_ray` starts an embedded local Ray (every service on 127.0.0.1, :func:`loopback_node`; the dashboard on
+``dashboard_host``, 127.0.0.1 unless asked; token auth as Ray sets it up) or joins ``address`` / ``RAY_ADDRESS``, shipping the project's packages as ``runtime_env``
 py_modules (:func:`package_dirs`).  :func:`filesystem`, :func:`exists`, :func:`write_text`, :func:`read_text` and
 :func:`copy_dir` reach a local folder or any URI Ray's storage accepts (pyarrow filesystems).
 """
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import re
 import shutil
 import sys
 import tempfile
-from typing import Any, Optional, Protocol
+from typing import Any, Iterator, Optional, Protocol
 
 import torch
 
@@ -114,6 +115,34 @@ def cluster_address(cfg: RayConfig) -> Optional[str]:
     return cfg.address or os.environ.get("RAY_ADDRESS") or None
 
 
+#: Ray 2.60's switch for a single-machine Ray (``ray._private.ray_constants.ENABLE_RAY_CLUSTER``): off, the node IP
+#: is 127.0.0.1 and every service of the node (gcs_server, raylet, workers, agents, Prometheus metrics) binds it
+LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+@contextlib.contextmanager
+def loopback_node() -> Iterator[None]:
+    """Around ``ray.init`` of an embedded local Ray: the node on 127.0.0.1.  Ray 2.60 turns a 127.0.0.1 node IP
+    into the machine's address (``resolve_ip_for_localhost``) unless ``ENABLE_RAY_CLUSTER`` is off (its default on
+    macOS / Windows, ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` elsewhere): set for the processes ``ray.init`` starts
+    (they inherit the environment) and for this one (an imported Ray read it at import), then restored, so a later
+    ``ray.init(address=...)`` of a cluster in this process is unaffected.  A user's own setting of the variable is
+    left alone."""
+    import ray._private.ray_constants as rc
+
+    if LOCAL_ONLY_ENV in os.environ:
+        yield
+        return
+    saved = rc.ENABLE_RAY_CLUSTER
+    os.environ[LOCAL_ONLY_ENV] = "0"
+    rc.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        rc.ENABLE_RAY_CLUSTER = saved
+        os.environ.pop(LOCAL_ONLY_ENV, None)
+
+
 def init_ray(cfg: RayConfig, *, echo: bool = True, tag: str = "istanas", dashboard_note: str = "") -> bool:
     """Start an embedded local Ray or join the cluster of ``cfg``; True when this call started (and so should shut
     down) Ray.  An initialised Ray is used as is.  ``tag`` prefixes the printed lines (``[tag name]``);
@@ -127,9 +156,10 @@ def init_ray(cfg: RayConfig, *, echo: bool = True, tag: str = "istanas", dashboa
         ctx = ray.init(address=address, namespace=NAMESPACE, log_to_driver=True,
                        runtime_env={"py_modules": package_dirs(), "env_vars": {"PYTHONUNBUFFERED": "1"}})
     else:
-        ctx = ray.init(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, include_dashboard=cfg.dashboard,
-                       dashboard_host=cfg.dashboard_host, dashboard_port=cfg.dashboard_port, namespace=NAMESPACE,
-                       log_to_driver=True)
+        with loopback_node():
+            ctx = ray.init(address="local", num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus,
+                           include_dashboard=cfg.dashboard, dashboard_host=cfg.dashboard_host,
+                           dashboard_port=cfg.dashboard_port, namespace=NAMESPACE, log_to_driver=True)
     if echo:
         res = ray.cluster_resources()
         where = f"cluster at {address}" if address else "local Ray"
@@ -207,5 +237,5 @@ def copy_dir(src: str, dest: str) -> str:
     return dest
 
 
-__all__ = ["init_ray", "preflight", "check_host", "local_resources", "warn_unplaceable", "package_dirs", "cluster_address", "filesystem", "exists", "write_text", "read_text",
+__all__ = ["init_ray", "loopback_node", "LOCAL_ONLY_ENV", "preflight", "check_host", "local_resources", "warn_unplaceable", "package_dirs", "cluster_address", "filesystem", "exists", "write_text", "read_text",
            "copy_dir", "NAMESPACE", "RayConfig"]
