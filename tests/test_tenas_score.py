@@ -6,6 +6,7 @@ forward with batch statistics, a direct CSV read, parameter counts of the live m
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 
@@ -246,3 +247,99 @@ def test_bad_input_one_clear_error(tmp_path) -> None:
     shape_json.write_text(json.dumps({"cifar10": [1, 2]}))
     with pytest.raises(ConfigError, match="table_path"):
         TenasConfig(table_path=str(shape_json)).validate()
+
+
+def test_measurer_regions_use_every_relu_with_batch_stats_on_the_proxy(images: torch.Tensor) -> None:
+    """The search's region count (``Measurer.regions``) against a plain train-mode forward of a copy of the
+    linear-region proxy with hooks on every ReLU, chunk by chunk (one BN batch each), distinct codes by numpy."""
+    import copy
+
+    cfg = _tiny(lr_samples=200, lr_batch=100).resolved()
+    meas = Measurer(cfg, images)
+    mask = np.ones((1, 6, len(NB201_SEARCH_OPS)), dtype=bool)
+    _, _, li, lb = meas.units(0, 0, 0)
+    got = int(meas.regions(mask, li, lb))
+    net, x = copy.deepcopy(meas.lr_net), meas._data(1, lb)
+
+    def count(train: bool, last_only: bool = False) -> int:
+        rows, rec = [], []
+        relus = [m for m in net.modules() if isinstance(m, nn.ReLU)]
+        hs = [m.register_forward_hook(lambda m, i, o: rec.append((o > 0).reshape(o.shape[0], -1).numpy()))
+              for m in (relus[-1:] if last_only else relus)]
+        net.train(train)
+        with torch.no_grad():
+            for s in range(0, x.shape[0], cfg.lr_batch):
+                rec.clear()
+                net(x[s:s + cfg.lr_batch])
+                rows.append(np.concatenate(rec, axis=1))
+        for h in hs:
+            h.remove()
+        return len(np.unique(np.concatenate(rows), axis=0))
+
+    expect = count(True)
+    assert got == expect
+    assert count(False) != expect and count(True, last_only=True) != expect  # the check tells them apart
+
+
+# ------------------------------------------------------------------ the sweep's objective: rank vs a reference
+def test_reference_rank_objective_by_hand_and_as_rank_combination() -> None:
+    from istanas.tenas.indicators import rank_combination
+    from istanas.tenas.score import reference_rank_objective
+
+    got = reference_rank_objective(2.5, 35.0, [1.0, 2.0, 3.0, 4.0], [10.0, 20.0, 30.0, 40.0])
+    # kappa: 1 and 2 are lower -> rank 3; regions: only 40 is higher -> rank 2; 1 - (3 + 2 - 2) / (2 * 4)
+    assert got == {"rank_kappa": 3.0, "rank_regions": 2.0, "objective": pytest.approx(0.625)}
+    rng = np.random.default_rng(0)
+    ref_k, ref_r = rng.integers(1, 9, 20).astype(float), rng.integers(1, 9, 20).astype(float)  # with ties
+    cells = [(float(k), float(r)) for k, r in zip(rng.integers(1, 9, 30), rng.integers(1, 9, 30))]
+    obj = [reference_rank_objective(k, r, ref_k, ref_r)["objective"] for k, r in cells]
+    # independent: the paper's rank sum (scipy average ranks) over the reference plus the cell
+    ranks = [-rank_combination(np.append(ref_k, k), np.append(ref_r, r))[-1] for k, r in cells]
+    assert np.allclose(obj, [1 - (s - 2) / 40 for s in ranks])
+    for i in range(30):  # every pair is ordered as the rank combination orders it
+        for j in range(30):
+            assert (obj[i] > obj[j]) == (ranks[i] < ranks[j])
+
+
+def test_reference_objective_of_a_cell_matches_scoring_it_with_the_sample(images: torch.Tensor) -> None:
+    from istanas.tenas.indicators import rank_combination
+    from istanas.tenas.score import reference_cells, reference_objective, score_cells
+
+    cfg = _tiny(reference_cells=6, seed=3).resolved()
+    got = reference_objective(ALL_CONV, images, cfg)
+    again = reference_objective(ALL_CONV, images, cfg)  # the cached reference gives the same value
+    assert got == again
+    cells = reference_cells("nb201", 6, 3)
+    assert cells == reference_cells("nb201", 6, 3) and len(set(cells)) > 1
+    cols = score_cells(cells + [ALL_CONV], images, cfg, ["ntk_cond", "linear_regions"])
+    assert (got["ntk_cond"], got["linear_regions"]) == (cols["ntk_cond"][-1], cols["linear_regions"][-1])
+    s = -rank_combination(cols["ntk_cond"], cols["linear_regions"])[-1]
+    assert got["objective"] == pytest.approx(1 - (s - 2) / 12)
+
+
+def test_sweep_tenas_objective_feeds_unaugmented_images(monkeypatch) -> None:
+    """Spy on what the sweep's objective scores: a pool of eval-transform images (equal on two calls whatever the
+    global RNG, equal to the un-augmented loader's images), NTK batches without augmentation (rows of the pool)."""
+    from orchestrator import tune_trial
+    from orchestrator.sweep_config import build_search_config, load_sweep_config
+    from spaces.registry import get_genotype
+
+    seen = []
+    monkeypatch.setattr(tune_trial, "reference_objective",
+                        lambda g, x, c: seen.append((x, c)) or {"ntk_cond": 2.0, "linear_regions": 3.0,
+                                                                "rank_kappa": 1.0, "rank_regions": 1.0,
+                                                                "objective": 1.0})
+    cfg = load_sweep_config(overrides=["objective=tenas", "search.data.limit_train=128"])
+    scfg = build_search_config(cfg, {"lam": 1e-3, "s": 2, "m": 7, "epsilon": 0.0})
+    g = get_genotype("DARTS_V2")
+    torch.manual_seed(1)
+    out = tune_trial.tenas_score(g, cfg, scfg)
+    torch.manual_seed(2)
+    tune_trial.tenas_score(g, cfg, scfg)
+    (x1, c1), (x2, _) = seen
+    assert out["tenas_score"] == 1.0 and torch.equal(x1, x2) and not c1.augment
+    plain = image_batch(dataclasses.replace(scfg.data, augment=False), x1.shape[0], seed=int(scfg.seed))
+    assert torch.equal(x1, plain)
+    meas = Measurer(c1.resolved(), x1)
+    batch = meas._data(0, (0, 0, 0))
+    assert all(any(torch.equal(b, p) for p in meas.images) for b in batch)

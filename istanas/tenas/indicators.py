@@ -12,7 +12,8 @@ Chen, Gong & Wang, ICLR 2021 (TE-NAS).  Both indicators are label-free.
 * R_N (Sec. 3.2, Eq. 5): the number of distinct binary activation patterns of every ``nn.ReLU`` module over the
   sampled inputs ``[N, ...]`` (``torch.unique`` of the codes, equal to the released Hamming formula).  Higher is
   better.
-* :func:`tenas_objective` (``log R - log kappa``, the sweep's score) and :func:`rank_combination` (Sec. 3.3).
+* :func:`tenas_objective` (``log R - log kappa``, the sweep's former score, kept as a setting-free scalar) and
+  :func:`rank_combination` (Sec. 3.3; the sweep ranks against a reference sample, ``istanas.tenas.score``).
 
 Initialisation per repeat: ``"kaiming_fanout"`` (NTK) / ``"kaiming_fanin"`` (regions) as
 intended, ``"default"`` (PyTorch's distribution drawn afresh) or ``"none"`` (current weights, as released); draws
@@ -374,7 +375,8 @@ def linear_regions(model: nn.Module, inputs: torch.Tensor | Sequence[torch.Tenso
 # combined score
 # ----------------------------------------------------------------------------------------------------------
 def tenas_objective(ntk_cond: float, linear_regions: float) -> float:
-    """The sweep's scalar TE-NAS score ``log R_N - log kappa_N`` (both floored at 1e-12); higher is better:
+    """A scalar TE-NAS score of one cell, ``log R_N - log kappa_N`` (both floored at 1e-12; the sweep's objective
+    before it became the rank combination of ``istanas.tenas.score.reference_objective``); higher is better:
     expressive (many regions, Eq. 5) and trainable (well-conditioned NTK, Eq. 4) architectures score high."""
     return math.log(max(linear_regions, 1e-12)) - math.log(max(ntk_cond, 1e-12))
 

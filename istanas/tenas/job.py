@@ -103,6 +103,7 @@ class TenasConfig:
     naswot_cells: int | None = None      # cells per stage (NB201: 5) / layers (DARTS: 8) of that network
     table_path: str | None = None        # nasbench201_full.csv or zc_nasbench201.json: lookup after the search
     correlation_archs: int = 0           # > 0: also run correlation_study on that many table archs
+    reference_cells: int = 32            # one cell's rank objective (score.reference_objective): sample size
     device: str = "cpu"
 
     def validate(self) -> "TenasConfig":
@@ -138,6 +139,7 @@ class TenasConfig:
              f"bn_coupling: {self.bn_coupling!r} is not one of {list(BN_COUPLINGS)}")
         need(self.jac_chunk is None or self.jac_chunk >= 0, f"jac_chunk: must be >= 0, got {self.jac_chunk}")
         need(self.correlation_archs >= 0, f"correlation_archs: must be >= 0, got {self.correlation_archs}")
+        need(self.reference_cells >= 1, f"reference_cells: must be >= 1, got {self.reference_cells}")
         need(self.score in SCORES, f"score: {self.score!r} is not one of {list(SCORES)}")
         if self.components is not None:
             need(len(self.components) >= 1 and set(self.components) <= set(COMPONENTS)

@@ -12,11 +12,23 @@ Scores (``TenasConfig.score``): ``"tenas"`` = the paper's rank combination of ``
 ``linear_regions`` (``-(rank kappa asc + rank R desc)``); ``"combined"`` = AZ-NAS's log-rank sum
 (Lee & Ham, CVPR 2024, Eq. 9) of ``TenasConfig.components``.  Both rank a *set* of cells:
 :func:`score_cells` returns the component columns, :func:`combine` the score, :func:`prefilter` the top-k.
+
+One cell alone (the sweep's ``tenas`` objective, :func:`reference_objective`): the paper's rank combination
+against a fixed reference sample of ``TenasConfig.reference_cells`` uniformly random cells of the same space
+(:func:`reference_cells`, seeded by ``TenasConfig.seed``), scored once per process with the same images and
+(init, data) units as the cell and cached (:func:`reference_columns`).  The cell's kappa rank (ascending) and R
+rank (descending) among the reference plus itself, 1 = best, ties averaged, give
+``objective = 1 - (rank_kappa + rank_R - 2) / (2 n)`` in [0, 1] (1: best of the sample on both; n = reference
+size); an order-preserving rescaling of ``-(rank_kappa + rank_R)``.
 For the pruning search the same components are measured on the proxy super-net's children
 (:func:`live_param_count`, FLOPs of the ops that run) in :mod:`istanas.tenas.pruning`.
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
+import random
 import time
 from typing import Any, Mapping, Sequence
 
@@ -24,6 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from istanas.random_search import sample_darts, sample_nb201
 from istanas.tenas.indicators import init_weights, log_rank_combination, naswot_score, rank_combination
 from istanas.tenas.pruning import COMBINED_DEFAULT, Measurer, _key_seed, genotype_to_mask, sample_ntk_batch
 from spaces.networks import build_network
@@ -159,5 +172,76 @@ def prefilter(archs: Sequence[Any], images: torch.Tensor | None, cfg: Any, k: in
     return [archs[i] for i in order]
 
 
+# ----------------------------------------------------------------------------------------------------------
+# one cell against a reference sample (the sweep's objective)
+# ----------------------------------------------------------------------------------------------------------
+def reference_cells(space: str, n: int, seed: int) -> list[Any]:
+    """``n`` uniformly random cells of ``space`` (``"nb201"``: arch strings; ``"darts"``: ``Genotype``),
+    seeded by ``seed`` alone (``istanas.random_search``'s samplers)."""
+    if n < 1:
+        raise ValueError(f"reference_cells: must be >= 1, got {n}")
+    if space not in ("nb201", "darts"):
+        raise ValueError(f"space: {space!r} is not 'nb201' or 'darts'")
+    rng = random.Random(int(seed))
+    if space == "nb201":
+        return [sample_nb201(rng).to_arch_str() for _ in range(n)]
+    return [sample_darts(rng) for _ in range(n)]
+
+
+_REFERENCE_CACHE: dict[str, dict[str, np.ndarray]] = {}
+
+
+def reference_columns(space: str, images: torch.Tensor | None, cfg: Any) -> dict[str, np.ndarray]:
+    """``{"ntk_cond": [n], "linear_regions": [n]}`` of :func:`reference_cells` (``cfg.reference_cells``,
+    ``cfg.seed``) scored with ``cfg``'s units on ``images``; cached per process on (space, cfg, images)."""
+    digest = hashlib.sha256(json.dumps(dataclasses.asdict(cfg), sort_keys=True, default=str).encode())
+    digest.update(space.encode())
+    if images is not None:
+        x = images.detach().to("cpu", torch.float32).contiguous()
+        digest.update(str(tuple(x.shape)).encode())
+        digest.update(x.numpy().tobytes())
+    key = digest.hexdigest()
+    if key not in _REFERENCE_CACHE:
+        cells = reference_cells(space, int(cfg.reference_cells), int(cfg.seed))
+        cols = score_cells(cells, images, cfg, TENAS_COMPONENTS)
+        if len(_REFERENCE_CACHE) >= 8:
+            _REFERENCE_CACHE.clear()
+        _REFERENCE_CACHE[key] = {c: cols[c] for c in TENAS_COMPONENTS}
+    return _REFERENCE_CACHE[key]
+
+
+def rank_against(value: float, reference: Sequence[float], higher_better: bool) -> float:
+    """Rank (1 = best, ties averaged) of ``value`` in ``reference`` plus itself."""
+    ref = np.asarray(reference, dtype=np.float64)
+    better = np.sum(ref > value) if higher_better else np.sum(ref < value)
+    return float(1 + better + 0.5 * np.sum(ref == value))
+
+
+def reference_rank_objective(ntk_cond: float, linear_regions: float, ref_ntk_cond: Sequence[float],
+                             ref_linear_regions: Sequence[float]) -> dict[str, float]:
+    """TE-NAS's rank combination (Sec. 3.3) of one cell against a reference sample: ``{"rank_kappa",
+    "rank_regions", "objective"}`` with ``objective = 1 - (rank_kappa + rank_regions - 2) / (2 n)`` (module doc)."""
+    n = len(ref_ntk_cond)
+    if n < 1 or len(ref_linear_regions) != n:
+        raise ValueError("reference: need as many kappa as region values, at least one")
+    rk = rank_against(ntk_cond, ref_ntk_cond, higher_better=False)
+    rr = rank_against(linear_regions, ref_linear_regions, higher_better=True)
+    return {"rank_kappa": rk, "rank_regions": rr, "objective": 1.0 - (rk + rr - 2.0) / (2.0 * n)}
+
+
+def reference_objective(genotype: Any, images: torch.Tensor | None, cfg: Any) -> dict[str, float]:
+    """The sweep's ``tenas`` objective of one cell (module doc): ``{"ntk_cond", "linear_regions",
+    "rank_kappa", "rank_regions", "objective"}``.  ``cfg``: a resolved ``TenasConfig`` of the cell's space."""
+    space, _ = genotype_to_mask(genotype)
+    cfg = dataclasses.replace(cfg, space=space, ops=None, table_path=None, correlation_archs=0).resolved()
+    ref = reference_columns(space, images, cfg)
+    own = CellScorer(cfg, images, TENAS_COMPONENTS).score(genotype)
+    out = {"ntk_cond": own["ntk_cond"], "linear_regions": own["linear_regions"]}
+    out.update(reference_rank_objective(out["ntk_cond"], out["linear_regions"], ref["ntk_cond"],
+                                        ref["linear_regions"]))
+    return out
+
+
 __all__ = ["COMPONENTS", "SCORES", "COMBINED_DEFAULT", "TENAS_COMPONENTS", "score_components", "combine",
-           "CellScorer", "score_cells", "oriented_scores", "rank_correlations", "prefilter"]
+           "CellScorer", "score_cells", "oriented_scores", "rank_correlations", "prefilter",
+           "reference_cells", "reference_columns", "rank_against", "reference_rank_objective", "reference_objective"]
