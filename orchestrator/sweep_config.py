@@ -197,7 +197,8 @@ class SweepConfig(RayClusterConfig, StoragePathMixin):
     the cell space ``search_space`` (``darts``); ``search_preset`` + ``search``
     (dotted ``TwoStageConfig`` keys) give the base search config that the sampled values override.
     ``objective``: ``val_acc`` (validation accuracy at the end of search) or ``tenas`` (TE-NAS score of the found
-    genotype: log(linear regions) - log(NTK condition number), higher is better; ``tenas`` holds
+    genotype: the paper's rank combination of kappa and regions against ``tenas.reference_cells`` random cells,
+    in [0, 1], higher is better, :func:`istanas.tenas.score.reference_objective`; ``tenas`` holds
     ``TenasConfig`` overrides) or ``benchmark`` (with ``search_space: nb201``: the NAS-Bench-201 ``table``'s
     accuracy, percent, on ``benchmark_dataset`` of the found cell, looked up when the search ended; ASHA still
     stops trials on the search's ``val_acc``).  ``table``: the NAS-Bench-201 table (``nasbench201_full.csv`` or
@@ -232,6 +233,7 @@ class SweepConfig(RayClusterConfig, StoragePathMixin):
     checkpoint_every: int = 1
     keep_checkpoints: int = 2
     max_failures: int = 0
+    unplaceable_timeout_s: float = 600.0   # orchestrator.unplaceable: then a trial no node holds ends the sweep
     reuse_actors: bool = True
     verbose: int = 1
 
@@ -316,6 +318,9 @@ class SweepConfig(RayClusterConfig, StoragePathMixin):
         check(self.checkpoint_every >= 1, f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
         check(self.keep_checkpoints >= 1, f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
         check(self.max_failures >= 0, f"max_failures must be >= 0, got {self.max_failures}")
+        t = self.unplaceable_timeout_s
+        check(isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and t > 0,
+              f"unplaceable_timeout_s must be a finite number of seconds > 0, got {t!r}")
         check(self.verbose in (0, 1, 2, 3), f"verbose must be 0, 1, 2 or 3, got {self.verbose}")
         self.validate_cluster()
         _check_resources(self.resources_per_trial, "resources_per_trial")
@@ -628,9 +633,9 @@ def build_retrain_config(cfg: SweepConfig, genotype: Optional[str], seed: int,
 
 def build_tenas_config(cfg: SweepConfig, image_size: int, num_classes: int):
     """The :class:`istanas.tenas.job.TenasConfig` of the ``tenas`` objective (DARTS space, the search data's
-    image size and classes) with ``cfg.tenas`` overrides."""
+    image size and classes, NTK batches not augmented) with ``cfg.tenas`` overrides."""
     base = {"space": "darts", "dataset": "cifar10", "num_classes": int(num_classes), "input_size": int(image_size),
-            "device": "cpu"}
+            "device": "cpu", "augment": False}
     base = deep_merge(base, cfg.tenas, skip_none=False)
     try:
         return from_dict(TenasConfig, base)

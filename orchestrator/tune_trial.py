@@ -26,11 +26,10 @@ from typing import Any, Callable, Mapping, Optional
 import torch
 
 from istanas.checkpoint import load, save
-from istanas.data import get_loaders
+from istanas.data import get_loaders, image_batch
 from istanas.engine import check_finite
 from istanas.search import run_search
-from istanas.tenas.indicators import tenas_objective
-from istanas.tenas.job import score_genotype
+from istanas.tenas.score import reference_objective
 from spaces.nb201 import open_nb201_table
 from spaces.registry import load_genotype
 
@@ -68,22 +67,19 @@ def genotype_record(genotype: Any) -> tuple[Optional[str], Optional[str]]:
 
 
 def tenas_score(genotype: Any, sweep: SweepConfig, search_cfg: Any) -> dict[str, float]:
-    """TE-NAS indicators of the found genotype and the scalar objective
-    (:func:`istanas.tenas.indicators.tenas_objective`), on images of the search's own data."""
+    """TE-NAS indicators of the found genotype and the objective: the paper's rank combination against a fixed
+    reference sample of random cells (:func:`istanas.tenas.score.reference_objective`, 1 = best of the sample),
+    on un-augmented training images of the search's own data (:func:`istanas.data.image_batch`)."""
     if isinstance(genotype, (str, dict)):
         genotype = load_genotype(genotype if isinstance(genotype, str) else json.dumps(genotype))
-    loaders = get_loaders(search_cfg.data, "search", seed=int(getattr(search_cfg, "seed", 0)))
+    seed = int(getattr(search_cfg, "seed", 0))
+    loaders = get_loaders(search_cfg.data, "search", seed=seed)
     tcfg = build_tenas_config(sweep, image_size=loaders.image_size, num_classes=loaders.num_classes)
-    need = max(int(tcfg.ntk_batch or 14), 32)
-    xs = []
-    for x, _ in loaders.train:
-        xs.append(x.float().cpu())
-        if sum(t.shape[0] for t in xs) >= need:
-            break
-    images = torch.cat(xs)[:max(need, 64)]
-    s = score_genotype(genotype, images, tcfg)
-    kappa, regions = float(s["ntk_cond"]), float(s["linear_regions"])
-    return {"tenas_ntk_cond": kappa, "tenas_linear_regions": regions, "tenas_score": tenas_objective(kappa, regions)}
+    images = image_batch(search_cfg.data, max(int(tcfg.ntk_batch or 14), 64), seed=seed)
+    s = reference_objective(genotype, images, tcfg)
+    return {"tenas_ntk_cond": s["ntk_cond"], "tenas_linear_regions": s["linear_regions"],
+            "tenas_rank_kappa": s["rank_kappa"], "tenas_rank_regions": s["rank_regions"],
+            "tenas_score": s["objective"]}
 
 
 def benchmark_score(genotype: Any, sweep: SweepConfig) -> dict[str, Any]:

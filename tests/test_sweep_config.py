@@ -350,7 +350,7 @@ def test_tenas_objective_is_the_score_of_the_final_genotype():
     from orchestrator.tune_trial import TrialReporter
 
     cfg = load_sweep_config(overrides=["objective=tenas", "tenas.repeats=1", "tenas.lr_samples=200",
-                                       "tenas.ntk_batch=4", "search.data.limit_train=128"])
+                                       "tenas.ntk_batch=4", "tenas.reference_cells=3", "search.data.limit_train=128"])
     scfg = build_search_config(cfg, {"lam": 1e-3, "s": 2, "m": 7, "epsilon": 0.0})
     calls = []
     rep = TrialReporter(cfg, report_fn=lambda m, checkpoint=None: calls.append(m), checkpoint_cls=object)
@@ -360,8 +360,9 @@ def test_tenas_objective_is_the_score_of_the_final_genotype():
 
     final = rep.finish({"genotype": get_genotype("DARTS_V2"), "history": [{"epoch": 1, "val_acc": 0.5}]}, scfg, 1.0)
     assert final["tenas_ntk_cond"] > 1 and final["tenas_linear_regions"] > 1
-    assert final["objective"] == pytest.approx(math.log(final["tenas_linear_regions"])
-                                               - math.log(final["tenas_ntk_cond"]))
+    # the paper's rank combination against 3 reference cells (istanas.tenas.score.reference_rank_objective)
+    rk, rr = final["tenas_rank_kappa"], final["tenas_rank_regions"]
+    assert 1 <= rk <= 4 and 1 <= rr <= 4 and final["objective"] == pytest.approx(1 - (rk + rr - 2) / 6)
 
 
 def test_report_has_tables_plots_and_cells(tmp_path):
