@@ -14,7 +14,9 @@ is told apart from a finished one by the trials Tune really completed (:class:`S
 says ``interrupted``; ``--resume`` finishes it.  On ``--resume`` a restored trial whose latest checkpoint is gone
 (Tune deletes checkpoints beyond ``keep_checkpoints`` a moment before it snapshots the experiment; a driver killed
 in between leaves a snapshot naming a deleted one) or fails its SHA-256 record is pointed at its newest good
-checkpoint on disk, or restarted when it has none (:func:`repair_trial_checkpoint`).
+checkpoint on disk, or restarted when it has none (:func:`repair_trial_checkpoint`).  A trial that no node of the
+running cluster can hold for ``unplaceable_timeout_s`` ends the sweep (:mod:`orchestrator.unplaceable`): the partial
+table is written and :class:`UnplaceableTrialError` names the trial and its request.
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ from .postprocess import create_postprocessor, record_from_result
 from .results import build_table
 from .sweep_config import INT_PARAMS, LOG_DEFAULT, SweepConfig, build_search_config
 from .tune_trial import STATE_FILE, make_trainable
+from .unplaceable import UnplaceableStopper, UnplaceableTrialError, UnplaceableWatch, reset, unplaceable_message
 
 CONFIG_NAME = "sweep_config.json"
 PARTIAL_TABLE = "sweep_results.partial.csv"
@@ -237,7 +240,9 @@ def build_tuner(cfg: SweepConfig, *, search_fn: Optional[Callable] = None, echo:
                                   trial_dirname_creator=trial_dirname)
     run_config = tune.RunConfig(
         name=cfg.name, storage_path=cfg.storage,
-        callbacks=[SweepCallback(cfg.name, cfg.num_samples, echo)],
+        callbacks=[SweepCallback(cfg.name, cfg.num_samples, echo),
+                   UnplaceableWatch(cfg.name, cfg.unplaceable_timeout_s)],
+        stop=UnplaceableStopper(cfg.name),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
         failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
         verbose=cfg.verbose if echo else 0)
@@ -353,6 +358,7 @@ def run_sweep(cfg: SweepConfig, *, resume: bool = False, search_fn: Optional[Cal
         warn_unplaceable(demands)
     actor = None
     _ENDED[cfg.name], _ENDED_BEFORE[cfg.name] = set(), None
+    reset(cfg.name)
     partial = None
     try:
         if not resume:
@@ -391,6 +397,9 @@ def run_sweep(cfg: SweepConfig, *, resume: bool = False, search_fn: Optional[Cal
         if started:
             ray.shutdown()
     wall = time.perf_counter() - t0
+    stuck = unplaceable_message(cfg.name)
+    if stuck:
+        raise UnplaceableTrialError(f"{stuck}; the sweep stopped, results so far (true statuses): {partial}")
     return SweepOutcome(experiment_path=cfg.experiment_path, table_csv=summary["table_csv"],
                        table_parquet=summary["table_parquet"], report_md=summary["report_md"],
                        report_html=summary["report_html"], best_genotype_path=summary["best_genotype_path"],

@@ -658,8 +658,8 @@ def run_distributed_search(cfg: DistSearchConfig, *, resume: bool = False, valid
                        checkpoint_path=ck.path if ck is not None else None, wall_time_s=time.perf_counter() - t0)
 
 
-__all__ = ["DistSearchConfig", "DistOutcome", "build_search_config", "build_trainer", "worker_config", "check_run", "run_exists",
-           "run_distributed_search", "train_loop_per_worker", "BeforeReport", "rank_seed", "seeded_wrap",
-           "gather_rng_states", "resume_for_rank", "STATE_FILE", "REPORTS_FILE", "JobConfigError", "DETERMINISTIC_ERRORS",
-           "config_error_of", "load_resume_state", "check_data_listing",
-           "RESULT_FILE", "EXPORT_DIR", "RECORD_PREFIX"]
+__all__ = ["DistSearchConfig", "DistOutcome", "build_search_config", "build_trainer", "worker_config", "check_run",
+           "run_exists", "run_distributed_search", "train_loop_per_worker", "BeforeReport", "rank_seed", "seeded_wrap",
+           "gather_rng_states", "resume_for_rank", "STATE_FILE", "REPORTS_FILE", "JobConfigError",
+           "DETERMINISTIC_ERRORS", "config_error_of", "load_resume_state", "check_data_listing", "RESULT_FILE",
+           "EXPORT_DIR", "RECORD_PREFIX"]

@@ -220,3 +220,85 @@ def test_report_md_escapes_user_strings():
     assert "<img" not in text and "&lt;img src=x onerror=alert(1)&gt;" in row
     assert row.count(" | ") == 1 and "\\|" in row  # the pipe cannot open a new column
     assert "\\`x\\`" in row and "\\*y\\*" in row and "\\[a\\]" in row and "\n" not in row
+
+
+# ------------------------------------------------------------------------------------------ unplaceable trials
+class _PendingTrial:
+    def __init__(self, trial_id: str, bundles: list[dict], status: str = "PENDING"):
+        from types import SimpleNamespace
+
+        self.trial_id, self.status = trial_id, status
+        self.placement_group_factory = SimpleNamespace(bundles=bundles)
+
+
+def test_unplaceable_watch_counts_only_requests_no_node_can_hold():
+    """UnplaceableWatch against a fixed node list and a hand-driven clock: a trial that only waits for others
+    (its request fits a node's totals) is never flagged; one whose request fits no node is, after exactly
+    timeout_s; a node that appears in time clears it (the autoscaler case)."""
+    pytest.importorskip("ray")
+    from orchestrator.unplaceable import UnplaceableStopper, UnplaceableWatch, fits, reset, unplaceable_message
+
+    now = [0.0]
+    nodes = [{"CPU": 2.0, "GPU": 0.0, "memory": 1e9}]
+    watch = UnplaceableWatch("u1", timeout_s=10, clock=lambda: now[0], nodes=lambda: nodes)
+    stop = UnplaceableStopper("u1")
+    reset("u1")
+    waiting = _PendingTrial("a", [{"CPU": 2.0}])              # fits the node: waits for running trials only
+    big = _PendingTrial("b", [{"CPU": 1.0, "GPU": 1.0}])      # no node has a GPU
+    assert fits(waiting.placement_group_factory.bundles, nodes)
+    assert not fits(big.placement_group_factory.bundles, nodes)
+    for t in range(0, 10):
+        now[0] = float(t)
+        watch.on_step_end(0, [waiting, big])
+        assert unplaceable_message("u1") is None and not stop.stop_all()
+    now[0] = 5.0 + 10                                          # a GPU node joins before b's deadline ...
+    nodes.append({"CPU": 8.0, "GPU": 1.0})
+    watch.on_step_end(0, [waiting, big])
+    nodes.pop()                                                 # ... and leaves: b's clock starts again
+    now[0] = 16.0
+    watch.on_step_end(0, [waiting, big])
+    now[0] = 25.0
+    watch.on_step_end(0, [waiting, big])
+    assert unplaceable_message("u1") is None
+    now[0] = 26.0
+    watch.on_step_end(0, [waiting, big])
+    msg = unplaceable_message("u1")
+    assert msg and "trial b asks for {CPU: 1, GPU: 1}" in msg and "CPU 2, GPU 0" in msg and "trial a" not in msg
+    assert stop.stop_all() and not stop("b", {})
+    reset("u1")
+    assert not stop.stop_all()
+
+
+@pytest.mark.slow
+def test_sweep_with_an_unplaceable_trial_ends_with_its_request_named(tmp_path):
+    """A Ray with 1 CPU started before the sweep (so the embedded-Ray preflight, which sizes by this machine's 2
+    cores, lets 2 CPUs per trial through): the trial never starts, and after unplaceable_timeout_s the sweep ends
+    with UnplaceableTrialError naming it and its request, the partial table written; exit 2 from the launcher."""
+    ray = pytest.importorskip("ray")
+    import pandas as pd
+
+    from orchestrator.sweep import run_sweep
+    from orchestrator.sweep_config import load_sweep_config
+    from orchestrator.unplaceable import UnplaceableTrialError
+
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("needs a machine with 2 cores, so that the preflight accepts 2 CPUs per trial")
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        cfg = load_sweep_config(overrides=[
+            f"storage_path={tmp_path}", "name=u", "dashboard=false", "verbose=0", "num_samples=2",
+            "max_concurrent=1", "resources_per_trial.cpu=2", "unplaceable_timeout_s=1", "retrain.top_k=0",
+            "search.epochs=1", "search.C=4", "search.layers=3", "search.data.limit_train=64",
+            "search.data.batch_size=32", "search.device=cpu", "asha.grace_period=1"])
+        with pytest.raises(UnplaceableTrialError, match=r"trial \S+ asks for \{CPU: 2\}.*CPU 1, GPU 0.*"
+                                                        r"unplaceable_timeout_s=1") as e:
+            run_sweep(cfg, echo=False)
+        assert "\n" not in str(e.value)
+        table = os.path.join(cfg.local_results_dir, "sweep_results.partial.csv")
+        assert table in str(e.value)
+        rows = pd.read_csv(table)
+        assert len(rows) >= 1 and set(rows["status"]) == {"INTERRUPTED"}   # it never ran; nothing retrained
+    finally:
+        ray.shutdown()
