@@ -7,7 +7,11 @@ only after each search); prints and writes (``--json``) per method the CIFAR-10 
 accuracy mean +/- std over the seeds, the CIFAR-10 percentile, the search wall time and the found cells.
 
 Random search: one uniformly random cell per seed, no training (wall time ~0; the space's prior, see
-benchmarks/README.md).  #params: deterministic (the same cell for every seed).
+benchmarks/README.md).  ``random_trained``: the wall-time-matched random search (registry method ``random`` with
+preset ``cpu_trained`` / ``paper_trained``, ``pick: trained``): cells sampled and short-trained one after another
+until the budget is spent, the best validation accuracy picked; the budget is ``--random-budget-s`` or else the
+mean ``wall_time_s`` of this run's two-stage searches (``twostage`` must then be among ``--methods``; it runs
+first).  #params: deterministic (the same cell for every seed).
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ import os
 import statistics
 import sys
 import time
+from typing import Optional
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
@@ -31,7 +36,18 @@ from spaces.nb201 import TABLE_DATASETS  # noqa: E402
 DEFAULT_TABLE = os.path.join(os.path.dirname(_ROOT), "shared", "data", "nasbench201_full.csv")
 
 
-def _config(method: str, preset: str, seed: int, device: str):
+#: Bench-only method names -> (registry method, preset suffix).
+DERIVED = {"random_trained": ("random", "_trained")}
+
+
+def _config(method: str, preset: str, seed: int, device: str, budget_s: Optional[float] = None):
+    if method in DERIVED:
+        base, suffix = DERIVED[method]
+        cfg, name = _config(base, preset + suffix, seed, device)
+        cfg.device = device
+        if budget_s is not None:
+            cfg.time_budget_s = float(budget_s)
+        return cfg, name
     m = get_method(method)
     name = preset if preset in m.presets else m.default_preset
     data = preset_data(m.config_cls, name, presets=m.presets)
@@ -58,30 +74,61 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--device", default="cpu")
     p.add_argument("--table", default=DEFAULT_TABLE, metavar="PATH")
-    p.add_argument("--methods", nargs="+", default=["twostage", "onestage", "darts", "random", "params"])
+    p.add_argument("--methods", nargs="+", default=["twostage", "onestage", "darts", "random", "params"],
+                   help="registry methods, and random_trained (module doc)")
+    p.add_argument("--random-budget-s", type=float, default=None, metavar="S",
+                   help="random_trained's training budget per search (default: this run's mean two-stage wall time)")
     args = p.parse_args(argv)
     for m in args.methods:
-        get_method(m)
+        if m not in DERIVED:
+            try:
+                get_method(m)
+            except ValueError as e:
+                print(f"--methods: {e}", file=sys.stderr)
+                return 2
     if not os.path.isfile(args.table):
         print(f"--table: file not found: {args.table}", file=sys.stderr)
         return 2
-    out = {"preset": args.preset, "seeds": args.seeds, "device": args.device, "table": args.table, "methods": {}}
+    if "random_trained" in args.methods and args.random_budget_s is None and "twostage" not in args.methods:
+        print("--random-budget-s: give it, or add twostage to --methods (its mean wall time is the budget)",
+              file=sys.stderr)
+        return 2
+    if args.random_budget_s is not None and not args.random_budget_s >= 0:
+        print(f"--random-budget-s: must be >= 0, got {args.random_budget_s}", file=sys.stderr)
+        return 2
+    # random_trained's budget may come from this run's two-stage searches: run it after them
+    args.methods = [m for m in args.methods if m != "random_trained"] + \
+        (["random_trained"] if "random_trained" in args.methods else [])
+    out = {"preset": args.preset, "seeds": args.seeds, "device": args.device, "table": args.table, "methods": {},
+           "loadavg_start": list(os.getloadavg())}
     for method in args.methods:
         runs = []
+        budget = None
+        if method == "random_trained":
+            budget = args.random_budget_s
+            if budget is None:
+                budget = _stats([x["wall_time_s"] for x in out["methods"]["twostage"]["runs"]])["mean"]
+            out["random_trained_budget_s"] = budget
         for seed in args.seeds:
-            cfg, name = _config(method, args.preset, seed, args.device)
+            cfg, name = _config(method, args.preset, seed, args.device, budget)
             t0 = time.perf_counter()
             r = run_search(method, cfg, table=args.table, progress=False)
             rec = r.extra["benchmark"]
             runs.append({"seed": seed, "arch": rec["arch"], "wall_time_s": float(r.wall_time_s),
                          "session_time_s": time.perf_counter() - t0,
                          **{d: rec[d] for d in TABLE_DATASETS}, "percentile": rec["percentile"]})
+            if method == "random_trained":
+                runs[-1]["cells_trained"] = int(r.final["samples"])
+                runs[-1]["val_acc"] = float(r.final["val_acc"])
             print(f"{method} seed {seed}: {rec['arch']} cifar10 {rec['cifar10']} "
                   f"({time.perf_counter() - t0:.0f} s)", flush=True)
         summ = {d: _stats([x[d] for x in runs]) for d in TABLE_DATASETS}
         summ["percentile_cifar10"] = _stats([x["percentile"]["cifar10"] for x in runs])
         summ["wall_time_s"] = _stats([x["wall_time_s"] for x in runs])
+        if method == "random_trained":
+            summ["cells_trained"] = _stats([x["cells_trained"] for x in runs])
         out["methods"][method] = {"preset": name, "runs": runs, "summary": summ}
+        out["loadavg_end"] = list(os.getloadavg())
         atomic_write_json(args.json, out)
     print("\n| method | CIFAR-10 | CIFAR-100 | ImageNet16-120 | CIFAR-10 percentile | search s |")
     print("|---|---|---|---|---|---|")

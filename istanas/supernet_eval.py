@@ -16,7 +16,10 @@ train/eval flag are restored.  After it, each BN used by the forward holds ``run
 and ``running_var = (1/R) sum_r var_r`` (per-batch mean and unbiased variance of its input over ``[N, H, W]``, R
 batches).  :func:`evaluate_cells` does that per cell and then measures top-1 accuracy / mean cross-entropy on fixed
 held-out batches in eval mode (:func:`istanas.training.evaluate`); the super-net's own BN buffers are restored at
-the end, so the result of a cell does not depend on the cells evaluated before it.
+the end, so the result of a cell does not depend on the cells evaluated before it.  The cell's ops are weighted 1
+(``forward_cell``, the discretised cell a retraining would train) or, with :func:`arch_weighted_forward`, by the
+search's trained architecture weights (ISTA-NAS: Eq. 11 coefficients of the cell's support; DARTS: softmax(alpha)
+of each edge's op): the sub-network of the super-net as the search itself would run it.
 
 Shapes: batches ``(x [N, C_in, H, W], y [N])``; the super-net maps ``x`` to logits ``[N, classes]`` through
 ``forward_cell(x, arch)``.
@@ -24,7 +27,7 @@ Shapes: batches ``(x [N, C_in, H, W], y [N])``; the super-net maps ``x`` to logi
 from __future__ import annotations
 
 import random
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 import torch
 from torch import nn
@@ -33,7 +36,7 @@ from spaces.genotype import NB201Genotype
 from spaces.ops import NB201_PRIMITIVES
 
 from .engine import to_device
-from .nb201_supernet import NB201_EDGES_PER_NODE, NB201_NUM_EDGES, NB201_SEARCH_OPS
+from .nb201_supernet import NB201_EDGES_PER_NODE, NB201_NUM_EDGES, NB201_SEARCH_OPS, support_of_genotype
 from .training import evaluate
 
 CELL_POOLS = ("no_none", "all")
@@ -116,24 +119,66 @@ def fixed_batches(loader: Iterable, n: int) -> list[tuple[torch.Tensor, torch.Te
 
 
 def evaluate_cells(net: nn.Module, cells: Sequence[Any], recal_batches: Sequence, eval_batches: Sequence,
-                   device: torch.device | str) -> list[dict[str, float]]:
+                   device: torch.device | str,
+                   cell_forward: Optional[Callable[[torch.Tensor, Any], torch.Tensor]] = None) -> list[dict[str, float]]:
     """Per cell of ``cells`` (NB201 genotypes or arch strings): :func:`recalibrate_bn` on ``recal_batches``, then
-    ``{"acc", "loss", "n"}`` of ``net.forward_cell(x, cell)`` on ``eval_batches`` in eval mode.  ``net``'s BN
-    buffers (and train flag) are restored afterwards."""
+    ``{"acc", "loss", "n"}`` of ``cell_forward(x, cell)`` (default ``net.forward_cell``: unit weights) on
+    ``eval_batches`` in eval mode.  ``net``'s BN buffers (and train flag) are restored afterwards."""
     dev = torch.device(device)
+    cell_forward = net.forward_cell if cell_forward is None else cell_forward
     saved = {k: v.clone() for k, v in net.state_dict().items()
              if any(k.endswith(s) for s in ("running_mean", "running_var", "num_batches_tracked"))}
     was = net.training
     out = []
     try:
         for cell in cells:
-            fwd = lambda x, c=cell: net.forward_cell(x, c)  # noqa: E731
+            fwd = lambda x, c=cell: cell_forward(x, c)  # noqa: E731
             recalibrate_bn(net, fwd, recal_batches, dev)
             out.append(evaluate(fwd, eval_batches, dev, model=net))
     finally:
         net.load_state_dict(saved, strict=False)
         net.train(was)
     return out
+
+
+def arch_weighted_forward(task: Any) -> Callable[[torch.Tensor, Any], torch.Tensor]:
+    """``(x, cell) -> logits`` of the super-net restricted to ``cell`` with the search's trained architecture
+    weights: ISTA-NAS (a task with a compressed ``space``) the Eq. 11 coefficients ``c = b^T A_S - z_S^T E_SS`` of
+    the cell's support S under the final b and z; DARTS each edge's ``softmax(alpha_e)`` weight of the cell's op
+    (``none`` edges 0).  Weights are computed once per cell."""
+    net = supernet_of(task)
+    space = getattr(getattr(task, "net", None), "space", None)
+    space = getattr(task, "space", None) if space is None else space
+    cache: dict[str, tuple] = {}
+
+    def key(cell: Any) -> str:
+        return cell if isinstance(cell, str) else cell.to_arch_str()
+
+    if space is not None and hasattr(space, "coefficients"):
+        def fwd(x: torch.Tensor, cell: Any) -> torch.Tensor:
+            k = key(cell)
+            if k not in cache:
+                sup = support_of_genotype(k, net.primitives, s=space.cfg.s)
+                with torch.no_grad():
+                    cache[k] = (sup, space.coefficients(sup.to(space.b.device)).detach())
+            sup, coef = cache[k]
+            return net(x, sup, coef)
+        return fwd
+    if hasattr(net, "edge_weights"):
+        def fwd_dense(x: torch.Tensor, cell: Any) -> torch.Tensor:
+            k = key(cell)
+            if k not in cache:
+                with torch.no_grad():
+                    w = net.edge_weights().detach()
+                    mask = torch.zeros_like(w)
+                    g = NB201Genotype.from_arch_str(k)
+                    for e, op in enumerate(op for node in g.nodes for op, _ in node):
+                        if op != "none":
+                            mask[0, e, net.primitives.index(op)] = 1.0
+                cache[k] = (w * mask,)
+            return net.forward_dense(x, cache[k][0])
+        return fwd_dense
+    raise ValueError(f"task: {type(task).__name__} has no architecture weights (a compressed space or alphas)")
 
 
 def supernet_of(task: Any) -> nn.Module:
@@ -147,4 +192,4 @@ def supernet_of(task: Any) -> nn.Module:
 
 
 __all__ = ["CELL_POOLS", "pool_ops", "nb201_cell", "sample_nb201_cells", "batch_norms", "recalibrate_bn",
-           "fixed_batches", "evaluate_cells", "supernet_of"]
+           "fixed_batches", "evaluate_cells", "arch_weighted_forward", "supernet_of"]

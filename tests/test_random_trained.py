@@ -7,7 +7,10 @@ count over the validation half.
 """
 from __future__ import annotations
 
+import importlib
+import os
 import random
+import sys
 
 import pytest
 
@@ -76,3 +79,27 @@ def test_trained_pick_config_errors_name_the_field():
                                                    {"data": {"dataset": "digits"}}))   # no CIFAR-10 needed here
     cfg.validate()
     assert cfg.pick == "trained" and (cfg.C, cfg.layers, cfg.data.image_size, cfg.data.limit_train) == (8, 1, 16, 2000)
+
+
+def _bench(name: str):
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+    if path not in sys.path:
+        sys.path.insert(0, path)
+    return importlib.import_module(name)
+
+
+def test_bench_random_trained_config_and_bad_inputs(tmp_path, capsys):
+    bsq = _bench("bench_search_quality")
+    cfg, name = bsq._config("random_trained", "cpu", 3, "cpu", 7.5)
+    assert name == "cpu_trained" and cfg.pick == "trained" and cfg.time_budget_s == 7.5 and cfg.seed == 3
+    table = tmp_path / "t.csv"
+    table.write_text("x\n")
+    out = str(tmp_path / "o.json")
+    assert bsq.main(["--json", out, "--table", str(table), "--methods", "random_trained"]) == 2
+    assert "--random-budget-s" in capsys.readouterr().err
+    bc = _bench("bench_consistency")
+    for argv, msg in ((["--cells", "10"], "--cells"), (["--methods", "params"], "--methods"),
+                      (["--table", str(tmp_path / "missing.csv")], "--table")):
+        assert bc.main(["--json", out, "--table", str(table), *argv]) == 2
+        assert msg in capsys.readouterr().err
+    assert not os.path.exists(out)

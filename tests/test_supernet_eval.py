@@ -14,7 +14,7 @@ from istanas.data import Loaders
 from istanas.methods import get_method
 from istanas.nb201_supernet import NB201_SEARCH_OPS, NB201SparseSuperNet
 from istanas.search import run_search
-from istanas.supernet_eval import (batch_norms, evaluate_cells, nb201_cell, recalibrate_bn, sample_nb201_cells,
+from istanas.supernet_eval import (arch_weighted_forward, batch_norms, evaluate_cells, nb201_cell, recalibrate_bn, sample_nb201_cells,
                                    supernet_of)
 from spaces.ops import NB201_PRIMITIVES
 
@@ -125,3 +125,24 @@ def test_run_search_task_out_gives_the_trained_supernet(method):
     assert params and all(torch.equal(p, seen[prefix + k]) for k, p in params.items())   # the post-search weights
     out = evaluate_cells(net, [r.genotype], data.train, data.valid, "cpu")
     assert out[0]["n"] == 32
+    # arch weights on the found cell = the search's own sub-network (ISTA-NAS: its support and Eq. 11
+    # coefficients; DARTS: softmax(alpha) of the chosen op per edge, other ops 0), eval mode
+    task, x = tasks[0], data.valid[0][0]
+    arch = arch_weighted_forward(task)
+    net.eval()
+    with torch.no_grad():
+        got = arch(x, r.genotype)
+        if method == "twostage":
+            ref = net(x, task.support_host, task.space.coefficients(task.support))
+        elif method == "onestage":
+            task.net.eval()
+            ref = task.net(x)
+        else:
+            w = torch.softmax(net.alphas, -1)
+            keep = torch.zeros_like(w)
+            ops = [op for node in r.genotype.nodes for op, _ in node]
+            for e, op in enumerate(ops):
+                keep[0, e, net.primitives.index(op)] = 1.0
+            ref = net.forward_dense(x, w * keep)
+            assert not torch.allclose(got, net.forward_cell(x, r.genotype), atol=1e-4)   # not the unit weights
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
