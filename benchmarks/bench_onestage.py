@@ -23,10 +23,7 @@ Usage: ``python benchmarks/bench_onestage.py --json out.json [--devices cpu,cuda
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -38,7 +35,7 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(_HERE, ".."))
 sys.path.insert(0, _HERE)
 
-from bench_supernet import genotype_support  # noqa: E402
+from bench_supernet import genotype_support, run_step_benchmark, step_benchmark_parser, sync  # noqa: E402
 from istanas.ista.absorb import absorb  # noqa: E402
 from istanas.ista.compressed import CompressedSpace, RecoveryConfig  # noqa: E402
 from istanas.ista.onestage import OneStageNet  # noqa: E402
@@ -47,11 +44,6 @@ from istanas.ista.compressed import HostRecovery  # noqa: E402
 
 K = len(ISTA_PRIMITIVES)
 AUX_WEIGHT = 0.4
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def build(device: torch.device, args, genotype):
@@ -90,10 +82,10 @@ def make_steps(net: OneStageNet, standalone, x: torch.Tensor, y: torch.Tensor, c
         return F.cross_entropy(logits, y) + AUX_WEIGHT * F.cross_entropy(aux, y)
 
     def step_search() -> None:
-        _sync(x.device)
+        sync(x.device)
         t0 = time.perf_counter()
         rec()                                        # lines 2-3 (support kept at the genotype's, see the doc)
-        _sync(x.device)
+        sync(x.device)
         recovery_ms.append(1e3 * (time.perf_counter() - t0))
         net.fixed_coef = None
         space.b.requires_grad_(True)
@@ -127,10 +119,10 @@ def make_steps(net: OneStageNet, standalone, x: torch.Tensor, y: torch.Tensor, c
 def _median_ms(fn, device, repeats: int) -> list[float]:
     out = []
     for _ in range(repeats):
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         fn()
-        _sync(device)
+        sync(device)
         out.append(1e3 * (time.perf_counter() - t0))
     return out
 
@@ -181,57 +173,25 @@ def bench_device(device: torch.device, args, genotype) -> dict:
     return res
 
 
-def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--json", required=True, help="where to write the results")
-    ap.add_argument("--devices", default="cpu,cuda", help="comma list; cuda is skipped when unavailable")
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--image-size", type=int, default=32)
-    ap.add_argument("--C", type=int, default=16)
-    ap.add_argument("--layers", type=int, default=8)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    ap.add_argument("--genotype", default="ISTA_onestage", help="registry name or JSON of the genotype")
-    args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    from spaces.registry import load_genotype
+def _describe(r: dict) -> str:
+    return (f"[{{dev}}] step ms (median): search {r['search']['step_ms_median']:.1f} (recovery "
+            f"{r['recovery_ms_median']:.2f}), after switch {r['train']['step_ms_median']:.1f}, stand-alone "
+            f"{r['standalone']['step_ms_median']:.1f}; eval forward {r['train_eval']['step_ms_median']:.1f} vs "
+            f"{r['standalone_eval']['step_ms_median']:.1f}\n"
+            f"[{{dev}}] time_ratio_search_vs_standalone {r['time_ratio_search_vs_standalone']:.3f}, "
+            f"time_ratio_train_vs_standalone {r['time_ratio_train_vs_standalone']:.3f}, "
+            f"eval forward {r['time_ratio_eval_forward_vs_standalone']:.3f}")
 
-    genotype = load_genotype(args.genotype)
-    out = {"setting": {"batch": args.batch, "image_size": args.image_size, "C": args.C, "layers": args.layers,
-                       "auxiliary_weight": AUX_WEIGHT, "repeats": args.repeats, "warmup": args.warmup,
-                       "genotype": genotype.to_dict(), "torch": torch.__version__,
-                       "cpu_threads": torch.get_num_threads(), "host": platform.node()},
-           "devices": {}}
-    for name in [d.strip() for d in args.devices.split(",") if d.strip()]:
-        if name.startswith("cuda") and not torch.cuda.is_available():
-            print(f"{name}: not available, skipped")
-            continue
-        dev = torch.device(name)
-        if dev.type == "cuda":
-            out["setting"]["cuda_name"] = torch.cuda.get_device_name(dev)
-        r = bench_device(dev, args, genotype)
-        out["devices"][dev.type] = r
-        print(f"[{dev}] step ms (median): search {r['search']['step_ms_median']:.1f} (recovery "
-              f"{r['recovery_ms_median']:.2f}), after switch {r['train']['step_ms_median']:.1f}, stand-alone "
-              f"{r['standalone']['step_ms_median']:.1f}; eval forward {r['train_eval']['step_ms_median']:.1f} vs "
-              f"{r['standalone_eval']['step_ms_median']:.1f}")
-        print(f"[{dev}] time_ratio_search_vs_standalone {r['time_ratio_search_vs_standalone']:.3f}, "
-              f"time_ratio_train_vs_standalone {r['time_ratio_train_vs_standalone']:.3f}, "
-              f"eval forward {r['time_ratio_eval_forward_vs_standalone']:.3f}")
-    first = out["devices"].get("cpu") or next(iter(out["devices"].values()), None)
-    if first:
-        for k in ("time_ratio_search_vs_standalone", "time_ratio_train_vs_standalone",
-                  "time_ratio_search_without_recovery_vs_standalone", "time_ratio_eval_forward_vs_standalone",
-                  "time_ratio_search_vs_standalone_min", "time_ratio_train_vs_standalone_min"):
-            out[k] = first[k]
-    folder = os.path.dirname(os.path.abspath(args.json))
-    os.makedirs(folder, exist_ok=True)
-    with open(args.json, "w", encoding="utf-8") as f:
-        json.dump(out, f, indent=2)
-    print(f"-> {args.json}")
-    return out
+
+def main(argv=None) -> dict:
+    ap = step_benchmark_parser(__doc__, batch=32, genotype="ISTA_onestage",
+                               genotype_help="registry name or JSON of the genotype")
+    args = ap.parse_args(argv)
+    return run_step_benchmark(args, bench_device, _describe,
+                              ("time_ratio_search_vs_standalone", "time_ratio_train_vs_standalone",
+                               "time_ratio_search_without_recovery_vs_standalone",
+                               "time_ratio_eval_forward_vs_standalone", "time_ratio_search_vs_standalone_min",
+                               "time_ratio_train_vs_standalone_min"), {"auxiliary_weight": AUX_WEIGHT})
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ Usage: ``python benchmarks/bench_supernet.py --json out.json [--devices cpu,cuda
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -46,6 +45,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from istanas.ista.compressed import CompressedSpace, RecoveryConfig  # noqa: E402
 from istanas.supernet import ISTA_PRIMITIVES, DenseSuperNet, SparseSuperNet  # noqa: E402
 from istanas.ista.compressed import HostRecovery  # noqa: E402
+from istanas.checkpoint import atomic_write_json  # noqa: E402
+from spaces.registry import load_genotype  # noqa: E402
 
 K = len(ISTA_PRIMITIVES)
 
@@ -60,7 +61,8 @@ def genotype_support(genotype) -> torch.Tensor:
     return torch.tensor(rows, dtype=torch.int64)
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
+    """Wait for ``device`` (CUDA) so that a timer brackets the work, not its launch."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -175,14 +177,14 @@ def bench_device(device: torch.device, args, genotype) -> dict:
     for _ in range(args.warmup):
         for n in names:
             steps[n]()
-    _sync(device)
+    sync(device)
     times: dict[str, list[float]] = {n: [] for n in names}
     for _ in range(args.repeats):
         for n in names:
-            _sync(device)
+            sync(device)
             t0 = time.perf_counter()
             steps[n]()
-            _sync(device)
+            sync(device)
             times[n].append(time.perf_counter() - t0)
     res: dict = {"device": str(device)}
     mods = {"ista_sparse": (sparse, space), "darts_dense": (dense,), "child": (child,)}
@@ -220,10 +222,10 @@ def bench_device(device: torch.device, args, genotype) -> dict:
     for _ in range(20):
         with torch.no_grad():
             space.b.add_(1e-4 * torch.randn_like(space.b))
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         rec()
-        _sync(device)
+        sync(device)
         ts.append(time.perf_counter() - t0)
     res["recovery_ms_median"] = 1e3 * statistics.median(ts)
     # share of one Algorithm 1 step taken by its recovery, counted against ONE forward+backward of the sparse
@@ -237,28 +239,34 @@ def bench_device(device: torch.device, args, genotype) -> dict:
     return res
 
 
-def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def step_benchmark_parser(doc: str, *, batch: int, genotype: str, genotype_help: str) -> argparse.ArgumentParser:
+    """The flags every step benchmark shares (this one and bench_onestage.py)."""
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
     ap.add_argument("--json", required=True, help="where to write the results")
     ap.add_argument("--devices", default="cpu,cuda", help="comma list; cuda is skipped when unavailable")
-    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=batch)
     ap.add_argument("--image-size", type=int, default=32)
     ap.add_argument("--C", type=int, default=16)
     ap.add_argument("--layers", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    ap.add_argument("--genotype", default="ISTA_twostage", help="registry name or JSON of the child genotype")
-    args = ap.parse_args(argv)
+    ap.add_argument("--genotype", default=genotype, help=genotype_help)
+    return ap
+
+
+def run_step_benchmark(args, bench: Callable, describe: Callable[[dict], str], top_keys: tuple[str, ...],
+                       setting: dict) -> dict:
+    """Run ``bench(device, args, genotype) -> dict`` on each of ``--devices`` (CUDA skipped when absent), print
+    ``describe(result)`` per device, copy ``top_keys`` of the CPU run (else the first device) to the top level and
+    write the whole record to ``--json`` (atomically)."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    from spaces.registry import load_genotype
-
     genotype = load_genotype(args.genotype)
     out = {"setting": {"batch": args.batch, "image_size": args.image_size, "C": args.C, "layers": args.layers,
-                       "ops": list(ISTA_PRIMITIVES), "repeats": args.repeats, "warmup": args.warmup,
-                       "genotype": genotype.to_dict(), "torch": torch.__version__,
-                       "cpu_threads": torch.get_num_threads(), "host": platform.node()},
+                       **setting, "repeats": args.repeats, "warmup": args.warmup, "genotype": genotype.to_dict(),
+                       "torch": torch.__version__, "cpu_threads": torch.get_num_threads(),
+                       "host": platform.node(), "loadavg_start": os.getloadavg()},
            "devices": {}}
     for name in [d.strip() for d in args.devices.split(",") if d.strip()]:
         if name.startswith("cuda") and not torch.cuda.is_available():
@@ -267,29 +275,39 @@ def main(argv=None) -> dict:
         dev = torch.device(name)
         if dev.type == "cuda":
             out["setting"]["cuda_name"] = torch.cuda.get_device_name(dev)
-        r = bench_device(dev, args, genotype)
+        r = bench(dev, args, genotype)
         out["devices"][dev.type] = r
-        print(f"[{dev}] step ms (median): ISTA sparse {r['ista_sparse']['step_ms_median']:.1f}, "
-              f"DARTS dense {r['darts_dense']['step_ms_median']:.1f}, child {r['child']['step_ms_median']:.1f}; "
-              f"peak MB: {r['ista_sparse']['peak_mb']:.0f} / {r['darts_dense']['peak_mb']:.0f} / "
-              f"{r['child']['peak_mb']:.0f}")
-        print(f"[{dev}] time_ratio_vs_darts {r['time_ratio_vs_darts']:.3f} (target <= 0.333), "
-              f"memory_ratio_vs_darts {r['memory_ratio_vs_darts']:.3f} (<= 0.25), "
-              f"time_ratio_vs_child {r['time_ratio_vs_child']:.3f} (<= 1.3); recovery "
-              f"{r['recovery_ms_median']:.2f} ms, {100 * r['recovery_share_of_step']:.2f} % of a step (<= 1 %)" + (f"; syncs per Algorithm 1 step: "
-                                                    f"{r['syncs_per_algorithm1_step']}" if "syncs_per_algorithm1_step"
-                                                    in r else ""))
+        print(describe(r).replace("{dev}", str(dev)))
     # top-level ratios: the CPU run when present (the acceptance run), else the first device
     first = out["devices"].get("cpu") or next(iter(out["devices"].values()), None)
     if first:
-        for k in ("time_ratio_vs_darts", "memory_ratio_vs_darts", "time_ratio_vs_child", "recovery_share_of_step"):
+        for k in top_keys:
             out[k] = first[k]
-    folder = os.path.dirname(os.path.abspath(args.json))
-    os.makedirs(folder, exist_ok=True)
-    with open(args.json, "w", encoding="utf-8") as f:
-        json.dump(out, f, indent=2)
+    atomic_write_json(args.json, out)
     print(f"-> {args.json}")
     return out
+
+
+def _describe(r: dict) -> str:
+    syncs = f"; syncs per Algorithm 1 step: {r['syncs_per_algorithm1_step']}" if "syncs_per_algorithm1_step" in r \
+        else ""
+    return (f"[{{dev}}] step ms (median): ISTA sparse {r['ista_sparse']['step_ms_median']:.1f}, "
+            f"DARTS dense {r['darts_dense']['step_ms_median']:.1f}, child {r['child']['step_ms_median']:.1f}; "
+            f"peak MB: {r['ista_sparse']['peak_mb']:.0f} / {r['darts_dense']['peak_mb']:.0f} / "
+            f"{r['child']['peak_mb']:.0f}\n"
+            f"[{{dev}}] time_ratio_vs_darts {r['time_ratio_vs_darts']:.3f} (target <= 0.333), "
+            f"memory_ratio_vs_darts {r['memory_ratio_vs_darts']:.3f} (<= 0.25), "
+            f"time_ratio_vs_child {r['time_ratio_vs_child']:.3f} (<= 1.3); recovery "
+            f"{r['recovery_ms_median']:.2f} ms, {100 * r['recovery_share_of_step']:.2f} % of a step (<= 1 %)" + syncs)
+
+
+def main(argv=None) -> dict:
+    ap = step_benchmark_parser(__doc__, batch=64, genotype="ISTA_twostage",
+                               genotype_help="registry name or JSON of the child genotype")
+    args = ap.parse_args(argv)
+    return run_step_benchmark(args, bench_device, _describe,
+                              ("time_ratio_vs_darts", "memory_ratio_vs_darts", "time_ratio_vs_child",
+                               "recovery_share_of_step"), {"ops": list(ISTA_PRIMITIVES)})
 
 
 if __name__ == "__main__":
