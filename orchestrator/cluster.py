@@ -2,8 +2,8 @@
 
 :func:`init_ray` starts an embedded local Ray (every service on 127.0.0.1, :func:`loopback_node`; the dashboard on
 ``dashboard_host``, 127.0.0.1 unless asked; token auth as Ray sets it up) or joins ``address`` / ``RAY_ADDRESS``,
-shipping the project's packages as ``runtime_env`` py_modules (:func:`package_dirs`).  :func:`filesystem`, :func:`exists`, :func:`write_text`, :func:`read_text` and
-:func:`copy_dir` reach a local folder or any URI Ray's storage accepts (pyarrow filesystems).
+shipping the project's packages as ``runtime_env`` py_modules (:func:`package_dirs`).  :func:`filesystem`,
+:func:`exists`, :func:`write_text`, :func:`read_text` and :func:`copy_dir` reach a local folder or any URI Ray's storage accepts (pyarrow filesystems).
 """
 from __future__ import annotations
 
