@@ -212,6 +212,14 @@ def repair_trial_checkpoint(trial: Any) -> Optional[str]:
 
 
 # ---------------------------------------------------------------------------------------------------- tuner
+def result_loggers(cfg: SweepConfig) -> list:
+    """Tune's per-trial result loggers, passed explicitly (JSON, CSV; TensorBoard only with ``cfg.tensorboard``);
+    :func:`build_tuner` switches Tune's automatic ones off (``TUNE_DISABLE_AUTO_CALLBACK_LOGGERS``)."""
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, TBXLoggerCallback
+
+    return [JsonLoggerCallback(), CSVLoggerCallback(), *([TBXLoggerCallback()] if cfg.tensorboard else [])]
+
+
 def build_tuner(cfg: SweepConfig, *, search_fn: Optional[Callable] = None, echo: bool = True,
                 resume: bool = False):
     """The ``Tuner`` of ``cfg`` (or ``Tuner.restore`` of its experiment with ``resume``)."""
@@ -220,6 +228,8 @@ def build_tuner(cfg: SweepConfig, *, search_fn: Optional[Callable] = None, echo:
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
+    # the loggers travel in the run config (restored with it); Tune would otherwise add a TensorBoard writer
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
     res = cfg.resources_per_trial
     trainable = tune.with_resources(make_trainable(cfg, search_fn), {"cpu": res.cpu, "gpu": res.gpu})
     if resume:
@@ -241,7 +251,7 @@ def build_tuner(cfg: SweepConfig, *, search_fn: Optional[Callable] = None, echo:
     run_config = tune.RunConfig(
         name=cfg.name, storage_path=cfg.storage,
         callbacks=[SweepCallback(cfg.name, cfg.num_samples, echo),
-                   UnplaceableWatch(cfg.name, cfg.unplaceable_timeout_s)],
+                   UnplaceableWatch(cfg.name, cfg.unplaceable_timeout_s), *result_loggers(cfg)],
         stop=UnplaceableStopper(cfg.name),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
         failure_config=tune.FailureConfig(max_failures=cfg.max_failures),

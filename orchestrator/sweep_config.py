@@ -206,7 +206,9 @@ class SweepConfig(RayClusterConfig, StoragePathMixin):
     cell's table accuracies and percentiles are then columns of the results.  ``points_to_evaluate``: configs Optuna tries first.  ``results_dir``: where the
     table and report go (default ``storage_path/name/results`` for a local storage_path, else
     ``runs/sweeps/<name>/results``, uploaded to the storage URI too).  ``reuse_actors``: a finished trial's Ray
-    actor (its process, with torch imported) runs the next trial.  ``address``: a running cluster (``auto``) or
+    actor (its process, with torch imported) runs the next trial.  ``tensorboard``: Tune's TensorBoard event
+    files per trial as well (off: the driver writes only each trial's ``result.json`` / ``progress.csv``; the event
+    writer slows the driver's handling of every report, see docs/scaling.md).  ``address``: a running cluster (``auto``) or
     null for an embedded local Ray (``num_cpus``/``num_gpus`` null = all).  The dashboard binds ``dashboard_host``
     (127.0.0.1 unless asked).
     """
@@ -235,6 +237,7 @@ class SweepConfig(RayClusterConfig, StoragePathMixin):
     max_failures: int = 0
     unplaceable_timeout_s: float = 600.0   # orchestrator.unplaceable: then a trial no node holds ends the sweep
     reuse_actors: bool = True
+    tensorboard: bool = False
     verbose: int = 1
 
     def __post_init__(self) -> None:
