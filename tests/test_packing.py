@@ -172,6 +172,27 @@ def _wait(cond, what: str, timeout: float = 600.0):  # a deadline, not a timing:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def _placement_groups() -> dict[str, int]:
+    """How many of Ray's placement groups (one per Tune trial) are in each state (removed ones left out)."""
+    from ray.util import placement_group_table
+
+    out: dict[str, int] = {}
+    for pg in placement_group_table().values():
+        if pg["state"] != "REMOVED":
+            out[pg["state"]] = out.get(pg["state"], 0) + 1
+    return out
+
+
+def _peak_concurrency(starts: list[float], ends: list[float]) -> int:
+    """Most intervals open at once (an end at the same instant as a start closes first)."""
+    events = sorted([(t, 1) for t in starts] + [(t, -1) for t in ends], key=lambda x: (x[0], x[1]))
+    peak = cur = 0
+    for _, d in events:
+        cur += d
+        peak = max(peak, cur)
+    return peak
+
+
 @pytest.mark.slow
 def test_four_quarter_gpu_trials_share_one_gpu_and_a_fifth_waits(tmp_path):
     ray = pytest.importorskip("ray")
@@ -192,12 +213,16 @@ def test_four_quarter_gpu_trials_share_one_gpu_and_a_fifth_waits(tmp_path):
     th = threading.Thread(target=lambda: out.update(r=run_sweep(cfg, search_fn=packing_search, echo=False)))
     try:
         th.start()
-        starts = lambda: glob.glob(str(marks / "start-*.json"))  # noqa: E731
-        _wait(lambda: len(starts()) >= 4, "4 trials to start")
-        # the four hold 4 x 0.25 of the one GPU: Ray has no share left for a fifth, which has not started
-        _wait(lambda: ray.available_resources().get("GPU", 0.0) < cfg.resources_per_trial.gpu,
-              "the GPU to be allotted")
-        assert len(starts()) == 4 and ray.cluster_resources().get("GPU") == 1
+        def started(at_least: int) -> bool:
+            n = len(glob.glob(str(marks / "start-*.json")))
+            assert n <= 4, f"{n} trials of gpu 0.25 ran at once on one GPU"
+            return n >= at_least
+
+        _wait(lambda: started(4), "4 trials to start")
+        # the four hold all of the one GPU (4 x 0.25), and the fifth trial's placement group waits for a share
+        _wait(lambda: started(4) and ray.available_resources().get("GPU", 0.0) < 1e-6
+              and _placement_groups() == {"CREATED": 4, "PENDING": 1}, "4 placed trials and a fifth one waiting")
+        assert started(4) and ray.cluster_resources().get("GPU") == 1
         (marks / "release").write_text("go")
         th.join(timeout=600)
         assert not th.is_alive() and out["r"].num_trials == 5 and out["r"].num_errors == 0
@@ -209,5 +234,6 @@ def test_four_quarter_gpu_trials_share_one_gpu_and_a_fifth_waits(tmp_path):
     e = sorted(json.loads(open(p).read())["t"] for p in glob.glob(str(marks / "end-*.json")))
     gpus = {tuple(json.loads(open(p).read())["gpus"]) for p in glob.glob(str(marks / "start-*.json"))}
     assert len(s) == 5 and len(e) == 5 and gpus == {("0",)}             # all on GPU 0
+    assert _peak_concurrency(s, e) == 4
     assert max(s[:4]) < min(e)                                           # the first four ran at once
     assert s[4] >= min(e)                                                # the fifth started after one ended
