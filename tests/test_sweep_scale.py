@@ -129,7 +129,7 @@ def test_resume_of_a_200_trial_sweep_gives_every_result_exactly_once(ray_local, 
 
     marks = tmp_path / "marks"
     marks.mkdir()
-    cfg = _cfg(tmp_path, marks, "name=many", "num_samples=200", "max_concurrent=8", "resources_per_trial.cpu=0.25",
+    cfg = _cfg(tmp_path, marks, "name=many", "num_samples=200", "max_concurrent=4",
                "search.epochs=1")
     first = run_sweep(cfg, search_fn=tiny_search, echo=False)
     assert first.interrupted
