@@ -38,7 +38,7 @@ def ray_local():
     ray = pytest.importorskip("ray")
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, namespace="istanas", log_to_driver=False,
+    ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="istanas", log_to_driver=False,
              _system_config={"metrics_report_interval_ms": 1000})
     # the rigged search functions below live in this test module: ship them to the workers by value
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -250,9 +250,36 @@ def _finished_ids(text: str) -> set[str]:
     return {ln.split(" trial ")[1].split()[0] for ln in text.splitlines() if "finished: objective" in ln}
 
 
+#: columns of sweep_results.csv that differ between two identical sweeps: Tune's random trial ids (and the
+#: duplicate_of links made of them), wall / CPU times, the node
+NONDETERMINISTIC = ("trial_id", "duplicate_of", "error", "search_time_s", "search_session_s", "search_cpu_hours",
+                    "search_gpu_hours", "retrain_cpu_hours", "retrain_gpu_hours", "cpu_hours", "gpu_hours", "node_ip",
+                    "node_id")
+
+
+def _assert_same_table(df, ref) -> None:
+    """Rows matched by their trial config; every deterministic column equal (floats to 1e-9 relative)."""
+    import pandas as pd
+
+    cols = [c for c in ref.columns if c not in NONDETERMINISTIC]
+    assert sorted(df.columns) == sorted(ref.columns)
+    keys = sorted(c for c in cols if c.startswith("config/"))
+    assert keys
+    a, b = (t.sort_values(keys).reset_index(drop=True)[cols] for t in (df, ref))
+    assert len(a) == len(b)
+    for c in cols:
+        if pd.api.types.is_float_dtype(b[c]):
+            assert a[c].isna().equals(b[c].isna()), c
+            assert [x == pytest.approx(y, rel=1e-9, abs=1e-12) for x, y in zip(a[c].dropna(), b[c].dropna())] \
+                == [True] * int(b[c].notna().sum()), (c, list(a[c]), list(b[c]))
+        else:
+            assert list(a[c].astype(str)) == list(b[c].astype(str)), (c, list(a[c]), list(b[c]))
+
+
 def test_interrupted_then_killed_then_resumed_sweep_gives_every_trial_once(tmp_path):
     """Ctrl+C (SIGINT) mid-sweep: exit 130, a partial table with the true statuses, nothing retrained; --resume,
-    killed (SIGKILL) mid-run; --resume again: the whole sweep, every trial once, every epoch reported."""
+    killed (SIGKILL) mid-run; --resume again: the whole sweep, every trial once, every epoch reported, and the
+    same table as an uninterrupted run of the same sweep (the columns in NONDETERMINISTIC aside)."""
     import pandas as pd
 
     args = [sys.executable, os.path.join(REPO, "launch", "sweep.py"), "--storage-path", str(tmp_path),
@@ -294,6 +321,14 @@ def test_interrupted_then_killed_then_resumed_sweep_gives_every_trial_once(tmp_p
         assert sorted(set(epochs)) == [1, 2, 3]
     trial_dirs = [d for d in os.listdir(exp) if d.startswith("trial_")]
     assert set(df["trial_id"]) <= {d[len("trial_"):] for d in trial_dirs}
+
+    # the same table as the same sweep run without interruption: same trial configs (Optuna seeded), same final
+    # metrics (deterministic digits searches, resumed from epoch checkpoints with their RNG state), same retraining
+    ref_args = [a if a != "killed" else "uninterrupted" for a in args]
+    res = subprocess.run(ref_args + sets, capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    ref = pd.read_csv(os.path.join(tmp_path, "uninterrupted", "results", "sweep_results.csv"))
+    _assert_same_table(df, ref)
 
 
 def test_sweep_whose_trials_all_fail_says_so(ray_local, tmp_path):

@@ -96,7 +96,7 @@ def ray_local():
     ray = pytest.importorskip("ray")
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=True)
     # the test hook above lives in this module: ship it to the workers by value
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     yield ray
