@@ -550,3 +550,22 @@ def test_shard_eval_loader_splits_the_test_set(imagefolder):
     assert len(xs[0]) == len(xs[1]) == 10
     assert torch.equal(xs[0], whole[0:20:2]) and torch.equal(xs[1], whole[1:20:2])
     assert shard_eval_loader(valid, 0, 1) is valid
+
+
+def test_fail_fast_callback_stops_only_on_config_errors():
+    """The controller-side callback raises (Ray Train V2: a non-retryable ControllerError) on a JobConfigError of
+    any worker, and lets every other worker error go to FailureConfig's retries; the driver finds the message."""
+    pytest.importorskip("ray")
+    from ray.train import ControllerError, WorkerGroupError
+
+    from orchestrator.train_onestage import DETERMINISTIC_ERRORS, _fail_fast_callback, config_error_of
+
+    cb = _fail_fast_callback()
+    cb.after_exception(None, {0: RuntimeError("gloo: connection reset"), 1: OSError("node lost")})   # retried
+    bad = JobConfigError("search.data.root: /x has only val/")
+    with pytest.raises(JobConfigError, match="has only val/"):
+        cb.after_exception(None, {0: RuntimeError("peer died"), 1: bad})
+    assert str(config_error_of(ControllerError(bad))) == str(bad)
+    assert config_error_of(WorkerGroupError("retries used up", {1: bad})) is None     # not the fail-fast path
+    assert config_error_of(ControllerError(RuntimeError("x"))) is None
+    assert issubclass(JobConfigError, ConfigError) and ConfigError in DETERMINISTIC_ERRORS
