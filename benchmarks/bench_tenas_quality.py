@@ -13,8 +13,10 @@ Usage::
 * ``correlation``: a fixed random sample of ``--cells`` cells of the table (seed ``--sample-seed``; all 15,625
   with ``--all``), each scored once (``--score-repeats``) on the same images: Kendall tau / Spearman rho against
   the three accuracies of every component (``ntk_cond`` negated), TE-NAS's rank sum, ``log R - log kappa``, the
-  log-rank combinations of :data:`COMBINATIONS`; #params and FLOPs (of the cell's C=16, N=5 network) are the
-  baselines.  ``time_per_cell_s``: wall time per scored cell (all components).
+  log-rank combinations of :data:`COMBINATIONS`, and ``tenas_ref32``: the sweep's objective (each cell's
+  TE-NAS rank combination against 32 other cells of the sample, ``score.reference_rank_objective``); #params and
+  FLOPs (of the cell's C=16, N=5 network) are the baselines.  ``time_per_cell_s``: wall time per scored cell (all
+  components), ``time_per_cell_s_by_component`` its split; ``loadavg`` the machine's load when it ended.
 
 The JSON is rewritten (atomically) after every search and after the correlation study, so a run cut short
 keeps what it finished.  The table is read only to look found cells up and to correlate, never by a search.
@@ -35,7 +37,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from istanas.checkpoint import atomic_write_json  # noqa: E402
 from istanas.data import DataConfig, default_root, image_batch  # noqa: E402
 from istanas.tenas.job import TENAS_PRESETS, TenasConfig, tenas_search  # noqa: E402
-from istanas.tenas.score import COMPONENTS, oriented_scores, rank_correlations, score_cells  # noqa: E402
+from istanas.tenas.score import (COMPONENTS, oriented_scores, rank_correlations, reference_rank_objective,  # noqa: E402
+                                 score_cells)
 from spaces.nb201 import TABLE_DATASETS, open_nb201_table  # noqa: E402
 
 #: Log-rank combinations reported (fixed before any measurement; "combined" is the default of ``score: combined``).
@@ -44,7 +47,24 @@ COMBINATIONS: dict[str, tuple[str, ...]] = {
     "combined_all": ("ntk_cond", "linear_regions", "naswot", "params", "flops"),
     "naswot+flops": ("naswot", "flops"),
     "tenas+flops": ("ntk_cond", "linear_regions", "flops"),
+    # with SynFlow (added after the 150-cell study put "combined" at tau 0.625 < 0.70; reported with and without)
+    "combined+synflow": ("ntk_cond", "linear_regions", "naswot", "flops", "synflow"),
+    "naswot+flops+synflow": ("naswot", "flops", "synflow"),
 }
+
+#: Reference cells of the sweep-objective score ``tenas_ref32``.
+REFERENCE_CELLS = 32
+
+
+def reference_scores(kappa: np.ndarray, regions: np.ndarray, seed: int) -> np.ndarray:
+    """Each cell's ``reference_rank_objective`` against :data:`REFERENCE_CELLS` random other cells of the sample
+    (one fixed draw; a cell of the draw is compared with the other ones)."""
+    ref = np.random.default_rng(seed).choice(len(kappa), size=min(REFERENCE_CELLS + 1, len(kappa)), replace=False)
+    out = np.empty(len(kappa))
+    for i in range(len(kappa)):
+        r = [j for j in ref if j != i][:REFERENCE_CELLS]
+        out[i] = reference_rank_objective(kappa[i], regions[i], kappa[r], regions[r])["objective"]
+    return out
 
 
 #: The searches' settings: ``paper`` = ``TENAS_PRESETS["paper"]`` (the released values, TenasConfig defaults);
@@ -80,24 +100,47 @@ def run_searches(out: dict, args: argparse.Namespace, images: torch.Tensor, tabl
             save()
 
 
+def score_in_chunks(sample: list[str], images: torch.Tensor, cfg: TenasConfig, chunk: int = 100) -> dict:
+    """:func:`score_cells` of every component, ``chunk`` cells at a time with a progress line (the seeded units
+    make the chunks' values the same as one call's); times are per cell over all chunks."""
+    parts = []
+    for s in range(0, len(sample), chunk):
+        parts.append(score_cells(sample[s:s + chunk], images, cfg, list(COMPONENTS)))
+        done = min(s + chunk, len(sample))
+        print(f"  scored {done}/{len(sample)} cells, {parts[-1]['time_per_cell_s']:.2f} s/cell", flush=True)
+    n = len(sample)
+    out: dict = {c: np.concatenate([p[c] for p in parts]) for c in COMPONENTS}
+    out["time_per_cell_s"] = sum(p["time_per_cell_s"] * len(p["ntk_cond"]) for p in parts) / n
+    out["time_per_cell_s_by_component"] = {
+        k: sum(p["time_per_cell_s_by_component"][k] * len(p["ntk_cond"]) for p in parts) / n
+        for k in parts[0]["time_per_cell_s_by_component"]}
+    return out
+
+
 def run_correlation(out: dict, args: argparse.Namespace, images: torch.Tensor, table, save) -> None:
     archs = sorted(table.archs())
     n = len(archs) if args.all else args.cells
     pick = sorted(np.random.default_rng(args.sample_seed).choice(len(archs), size=n, replace=False))
     sample = [archs[i] for i in pick]
     cfg = TenasConfig(bn_coupling=args.score_coupling, repeats=args.score_repeats, device=args.device,
-                      naswot_cells=args.naswot_cells, naswot_batch=args.naswot_batch)
+                      naswot_cells=args.naswot_cells, naswot_batch=args.naswot_batch,
+                      **{k: v for k, v in (("lr_samples", args.lr_samples), ("ntk_batch", args.ntk_batch))
+                         if v is not None})
     t0 = time.perf_counter()
-    cols = score_cells(sample, images, cfg.resolved(), list(COMPONENTS))
+    cols = score_in_chunks(sample, images, cfg.resolved())
     scores = oriented_scores(cols, COMBINATIONS)
+    scores["tenas_ref32"] = reference_scores(cols["ntk_cond"], cols["linear_regions"], args.sample_seed + 1)
     out["correlation"] = {
         "cells": n, "sample_seed": args.sample_seed, "score_repeats": args.score_repeats,
         "bn_coupling": args.score_coupling, "naswot_cells": args.naswot_cells, "naswot_batch": args.naswot_batch,
         "time_per_cell_s": cols["time_per_cell_s"], "wall_s": time.perf_counter() - t0,
+        "time_per_cell_s_by_component": cols["time_per_cell_s_by_component"], "loadavg": list(os.getloadavg()),
+        "lr_samples": args.lr_samples, "ntk_batch": args.ntk_batch, "threads": torch.get_num_threads(),
         "combinations": {k: list(v) for k, v in COMBINATIONS.items()},
         "by_dataset": {d: rank_correlations(scores, [table.accuracy(a, d) for a in sample]) for d in TABLE_DATASETS},
     }
-    print(f"correlation over {n} cells, {cols['time_per_cell_s']:.2f} s/cell", flush=True)
+    print(f"correlation over {n} cells, {cols['time_per_cell_s']:.2f} s/cell "
+          f"({', '.join(f'{k} {v:.3f}' for k, v in cols['time_per_cell_s_by_component'].items())})", flush=True)
     for k, v in out["correlation"]["by_dataset"]["cifar10"].items():
         print(f"  {k:18s} tau {v['kendall_tau']:+.3f} rho {v['spearman_rho']:+.3f}", flush=True)
     save()
@@ -118,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--score-coupling", default="frozen")
     p.add_argument("--naswot-cells", type=int, default=None, help="cells per stage of the NASWOT network (5)")
     p.add_argument("--naswot-batch", type=int, default=128)
+    p.add_argument("--lr-samples", type=int, default=None, help="patches per region count (default: 3000)")
+    p.add_argument("--ntk-batch", type=int, default=None, help="NTK batch of the correlation (default: 72)")
     p.add_argument("--skip-search", action="store_true")
     p.add_argument("--skip-correlation", action="store_true")
     p.add_argument("--device", default="cpu")
@@ -134,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     table = open_nb201_table(table_path)
     images = image_batch(DataConfig(dataset="cifar10"), 1 << 40)
-    out: dict = {"table": table_path, "table_cells": len(table), "images": list(images.shape),
+    out: dict = {"argv": sys.argv[1:], "table": table_path, "table_cells": len(table), "images": list(images.shape),
                  "torch_threads": torch.get_num_threads(), "search": {}}
 
     def save() -> None:

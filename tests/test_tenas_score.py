@@ -75,6 +75,25 @@ def test_naswot_score_matches_explicit_codes_of_all_relus() -> None:
         assert got.item() == -math.inf
 
 
+def test_synflow_is_layers_times_path_sum_without_bn() -> None:
+    """A bias-free ReLU MLP with positive weights and input is linear and 1-homogeneous in each layer's weights, so
+    each layer contributes sum |theta dR/dtheta| = R (Euler): S = 3 R with R = 1^T |W3| |W2| |W1| 1 (numpy); the
+    BN in the middle is dropped (with it R would differ); the model itself is left untouched."""
+    from istanas.tenas.indicators import synflow_score
+
+    torch.manual_seed(4)
+    net = nn.Sequential(nn.Linear(4, 6, bias=False), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 5, bias=False),
+                        nn.ReLU(), nn.Linear(5, 3, bias=False))
+    with torch.no_grad():
+        net[1].weight.uniform_(2.0, 3.0)
+    before = [p.clone() for p in net.parameters()]
+    w = [np.abs(net[i].weight.detach().double().numpy()) for i in (0, 3, 5)]
+    r = float(np.ones(3) @ w[2] @ w[1] @ w[0] @ np.ones(4))
+    got = synflow_score(net, (4,))
+    assert got.dtype == torch.float64 and got.item() == pytest.approx(3 * r, rel=1e-12)
+    assert all(torch.equal(a, b) for a, b in zip(before, net.parameters()))
+
+
 # ------------------------------------------------------------------------------------- linear regions
 def test_regions_count_every_relu_not_only_the_last() -> None:
     net = _two_relu_mlp()
@@ -228,7 +247,7 @@ def test_bad_input_one_clear_error(tmp_path) -> None:
     with pytest.raises(ConfigError, match="score"):
         TenasConfig(score="azsum").validate()
     with pytest.raises(ConfigError, match="components"):
-        TenasConfig(score="combined", components=["synflow"]).validate()
+        TenasConfig(score="combined", components=["zico"]).validate()
     bad_csv = tmp_path / "bad.csv"
     bad_csv.write_text("acc,arch\n93.1,x\n")
     with pytest.raises(ConfigError, match="table_path"):

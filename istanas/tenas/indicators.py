@@ -12,6 +12,7 @@ Chen, Gong & Wang, ICLR 2021 (TE-NAS).  Both indicators are label-free.
 * R_N (Sec. 3.2, Eq. 5): the number of distinct binary activation patterns of every ``nn.ReLU`` module over the
   sampled inputs ``[N, ...]`` (``torch.unique`` of the codes, equal to the released Hamming formula).  Higher is
   better.
+* :func:`synflow_score`: SynFlow (Tanaka et al., 2020), data-free, on a BN-free float64 copy.
 * :func:`tenas_objective` (``log R - log kappa``, the sweep's former score, kept as a setting-free scalar) and
   :func:`rank_combination` (Sec. 3.3; the sweep ranks against a reference sample, ``istanas.tenas.score``).
 
@@ -22,6 +23,7 @@ come from a seeded CPU generator and are copied to the model's device.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 from typing import Callable, Iterator, Sequence
 
@@ -425,6 +427,43 @@ def naswot_score(model: nn.Module, x: torch.Tensor, *, train_mode: bool = True) 
             h.remove()
     sign, logabs = torch.linalg.slogdet(kern)
     return torch.where(sign > 0, logabs, torch.full_like(logabs, -math.inf))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# SynFlow
+# ----------------------------------------------------------------------------------------------------------
+def _without_batchnorm(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` with every BatchNorm module replaced by ``nn.Identity``."""
+    net = copy.deepcopy(model)
+    for name, m in list(net.named_modules()):
+        for child_name, child in list(m.named_children()):
+            if isinstance(child, nn.modules.batchnorm._BatchNorm):
+                setattr(m, child_name, nn.Identity())
+    return net
+
+
+def synflow_score(model: nn.Module, input_shape: Sequence[int]) -> torch.Tensor:
+    """SynFlow (Tanaka et al., NeurIPS 2020, Eq. 5; as a zero-cost proxy: Abdelfattah et al., ICLR 2021):
+    ``S = sum_theta |theta * dR/dtheta|`` over the weights of every Conv / Linear module, with
+    ``R = 1^T f(1; |theta|)`` the summed output for an all-ones input ``[1, *input_shape]`` of the network whose
+    parameters are replaced by their absolute values, in float64, BatchNorm removed (as the released
+    zero-cost-proxy code, ``bn=False``).  Data-free.  Works on a copy; ``model`` is untouched.  0-dim float64
+    tensor on the model's device (no sync)."""
+    net = _without_batchnorm(model).double()
+    dev = next(net.parameters()).device
+    with torch.no_grad():
+        for p in net.parameters():
+            p.abs_()
+    net.train()
+    out = net(torch.ones((1, *input_shape), dtype=torch.float64, device=dev))
+    if isinstance(out, (tuple, list)):  # the space's networks return (logits, aux logits or None)
+        out = out[0]
+    out.sum().backward()
+    total = torch.zeros((), dtype=torch.float64, device=dev)
+    for m in net.modules():
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)) and m.weight.grad is not None:
+            total = total + (m.weight * m.weight.grad).abs().sum()
+    return total.detach()
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -7,6 +7,8 @@ Components (direction: higher is better unless noted), each from its paper:
 * ``naswot``: ``log |K_H|`` of the activation-pattern kernel (Mellor et al., ICML 2021) on the space's
   evaluation network (NB201: C=16, N=5 as in NAS-Bench-201) at init, one batch of ``naswot_batch`` images.
 * ``params`` / ``flops``: #parameters and multiply-adds (millions, :mod:`spaces.profile`) of that network.
+* ``synflow``: SynFlow (Tanaka et al., NeurIPS 2020; Abdelfattah et al., ICLR 2021) of that network at the
+  same init, BN removed, an all-ones input of the image size (:func:`istanas.tenas.indicators.synflow_score`).
 
 Scores (``TenasConfig.score``): ``"tenas"`` = the paper's rank combination of ``ntk_cond`` and
 ``linear_regions`` (``-(rank kappa asc + rank R desc)``); ``"combined"`` = AZ-NAS's log-rank sum
@@ -37,7 +39,8 @@ import torch
 from torch import nn
 
 from istanas.random_search import sample_darts, sample_nb201
-from istanas.tenas.indicators import init_weights, log_rank_combination, naswot_score, rank_combination
+from istanas.tenas.indicators import (init_weights, log_rank_combination, naswot_score, rank_combination,
+                                      synflow_score)
 from istanas.tenas.pruning import COMBINED_DEFAULT, Measurer, _key_seed, genotype_to_mask, sample_ntk_batch
 from spaces.networks import build_network
 from spaces.profile import count_flops, count_parameters
@@ -45,7 +48,7 @@ from spaces.registry import load_genotype
 
 #: Component -> higher is better.
 COMPONENTS: dict[str, bool] = {"ntk_cond": False, "linear_regions": True, "naswot": True, "params": True,
-                               "flops": True}
+                               "flops": True, "synflow": True}
 #: The training-free scores a search or a sweep can use.
 SCORES: tuple[str, ...] = ("tenas", "combined")
 TENAS_COMPONENTS: tuple[str, ...] = ("ntk_cond", "linear_regions")
@@ -85,6 +88,13 @@ class CellScorer:
         self.meas = Measurer(cfg, images)
         self.device = self.meas.device
         self._naswot_x: torch.Tensor | None = None
+        #: wall seconds spent per component group (``tenas``: kappa and R together), summed over score calls
+        self.seconds: dict[str, float] = {}
+
+    def _timed(self, name: str, t0: float) -> float:
+        now = time.perf_counter()
+        self.seconds[name] = self.seconds.get(name, 0.0) + now - t0
+        return now
 
     def eval_network(self, genotype: Any, width: int | None = None) -> nn.Module:
         g = load_genotype(genotype)
@@ -102,32 +112,42 @@ class CellScorer:
     def score(self, genotype: Any, key: int = 0) -> dict[str, float]:
         """Component values of one cell (``key`` selects the (init, data) units; 0 = the shared ones)."""
         out: dict[str, float] = {}
+        t = time.perf_counter()
         if "ntk_cond" in self.components or "linear_regions" in self.components:
             _, mask = genotype_to_mask(load_genotype(genotype) if not isinstance(genotype, str) else genotype)
             k, r = self.meas.score(mask, key)
             out["ntk_cond"], out["linear_regions"] = k, r
-        if {"naswot", "params", "flops"} & set(self.components):
+            t = self._timed("tenas", t)
+        if {"naswot", "params", "flops", "synflow"} & set(self.components):
             net = self.eval_network(genotype).to(self.device)
+            s = self.meas.images.shape[-1]
+            init_weights(net, "default", _key_seed(self.cfg.seed, 5, key))
             if "naswot" in self.components:
-                init_weights(net, "default", _key_seed(self.cfg.seed, 5, key))
                 out["naswot"] = float(naswot_score(net, self.naswot_batch()))
+                t = self._timed("naswot", t)
+            if "synflow" in self.components:
+                out["synflow"] = float(synflow_score(net, (3, s, s)))
+                t = self._timed("synflow", t)
             if "params" in self.components:
                 out["params"] = count_parameters(net)
+                t = self._timed("params", t)
             if "flops" in self.components:
-                s = self.meas.images.shape[-1]
                 out["flops"] = count_flops(net, (1, 3, s, s))
+                t = self._timed("flops", t)
         return {c: out[c] for c in self.components}
 
 
 def score_cells(archs: Sequence[Any], images: torch.Tensor | None, cfg: Any,
                 components: Sequence[str] | None = None) -> dict[str, Any]:
-    """Component columns of ``archs``: ``{name: np.ndarray [n], ..., "time_per_cell_s": float}``."""
+    """Component columns of ``archs``: ``{name: np.ndarray [n], ..., "time_per_cell_s": float,
+    "time_per_cell_s_by_component": {group: float}}`` (groups: ``tenas`` = kappa and R, then each other one)."""
     scorer = CellScorer(cfg, images, components)
     t0 = time.perf_counter()
     rows = [scorer.score(a) for a in archs]
     dt = (time.perf_counter() - t0) / max(len(archs), 1)
     out: dict[str, Any] = {c: np.array([r[c] for r in rows]) for c in scorer.components}
     out["time_per_cell_s"] = dt
+    out["time_per_cell_s_by_component"] = {k: v / max(len(archs), 1) for k, v in scorer.seconds.items()}
     return out
 
 
