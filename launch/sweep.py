@@ -27,7 +27,7 @@ from orchestrator.sweep_config import OBJECTIVES, SweepConfig, load_sweep_config
 # Keys that may change when a sweep is resumed (how and where it runs, and the post-processing); the search
 # space, objective and search settings are the experiment's own.
 RESUMABLE_KEYS = ("address", "num_cpus", "num_gpus", "dashboard", "dashboard_host", "dashboard_port", "verbose",
-                  "retrain", "results_dir", "max_failures")
+                  "retrain", "results_dir", "max_failures", "unplaceable_timeout_s")
 
 EPILOG = """\
 precedence: built-in defaults < --config YAML < the flags above < --set KEY=VALUE (dotted keys, YAML values).
