@@ -112,7 +112,8 @@ def main(argv=None) -> int:
         for seed in args.seeds:
             cfg, name = _config(method, args.preset, seed, args.device, budget)
             t0 = time.perf_counter()
-            r = run_search(method, cfg, table=args.table, progress=False)
+            r = run_search(DERIVED[method][0] if method in DERIVED else method, cfg, table=args.table,
+                           progress=False)
             rec = r.extra["benchmark"]
             runs.append({"seed": seed, "arch": rec["arch"], "wall_time_s": float(r.wall_time_s),
                          "session_time_s": time.perf_counter() - t0,

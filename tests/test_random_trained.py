@@ -8,9 +8,11 @@ count over the validation half.
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import random
 import sys
+from types import SimpleNamespace
 
 import pytest
 
@@ -103,3 +105,24 @@ def test_bench_random_trained_config_and_bad_inputs(tmp_path, capsys):
         assert bc.main(["--json", out, "--table", str(table), *argv]) == 2
         assert msg in capsys.readouterr().err
     assert not os.path.exists(out)
+
+
+def test_bench_runs_random_trained_as_the_registry_random_method(tmp_path, monkeypatch):
+    bsq = _bench("bench_search_quality")
+    seen = []
+
+    def fake_run_search(method, cfg, table=None, progress=True):
+        seen.append((method, getattr(cfg, "pick", None), getattr(cfg, "time_budget_s", None)))
+        rec = {"arch": "|none~0|+|none~0|none~1|+|none~0|none~1|none~2|", "percentile": {"cifar10": 1.0},
+               "cifar10": 10.0, "cifar100": 1.0, "ImageNet16-120": 1.0}
+        return SimpleNamespace(extra={"benchmark": rec}, wall_time_s=4.0 if method == "twostage" else 3.0,
+                               final={"samples": 2, "val_acc": 0.5})
+
+    monkeypatch.setattr(bsq, "run_search", fake_run_search)
+    table = tmp_path / "t.csv"
+    table.write_text("x\n")
+    out = tmp_path / "o.json"
+    assert bsq.main(["--json", str(out), "--table", str(table), "--seeds", "0", "--methods", "random_trained",
+                     "twostage"]) == 0
+    assert seen == [("twostage", None, None), ("random", "trained", 4.0)]   # twostage first; its mean wall time
+    assert json.loads(out.read_text())["methods"]["random_trained"]["runs"][0]["cells_trained"] == 2
