@@ -3,6 +3,7 @@
 Usage::
 
     python benchmarks/bench_tenas.py --json bench-results/tenas.json [--device cuda] [--correlation-archs 50]
+        [--seeds 3] [--preset paper|small] [--couplings batch,frozen]
 
 * ``ntk``: on the TE-NAS NTK proxies (the NB201 super-net, C=3, batch 72, 32x32; the DARTS super-net, C=1,
   batch 14) with every op live, for each BN coupling (``--couplings``), time ``istanas.tenas.indicators.ntk_jacobian``
@@ -13,8 +14,11 @@ Usage::
   NB201 proxy with the default coupling; ``ntk_speedup_vs_loop_frozen`` the same with ``frozen``.
 * ``coupling_agreement``: round 0 of the NB201 search (24 candidates, one repeat) scored with both couplings:
   Kendall tau of the two kappa changes and whether the round prunes the same ops.
-* ``search``: wall time of a whole NAS-Bench-201 TE-NAS search with the released settings (3 rounds, 3 repeats,
-  batch 72, 3000 patches) for each coupling, the found cell and, with the NAS-Bench-201 table, its accuracy.
+* ``search``: for each coupling and seeds ``0..--seeds-1``, a whole NAS-Bench-201 TE-NAS search with the
+  ``--preset`` settings (``paper``: the released ones, 3 rounds, 3 repeats, batch 72, 3000 patches; ``small``:
+  ``TENAS_PRESETS["small"]``) on the loaded image pool; each found cell looked up, after its search, in the full
+  table (``nasbench201_full.csv``, :func:`spaces.nb201.open_nb201_table`): CIFAR-10 / CIFAR-100 /
+  ImageNet16-120 test accuracy and percentile per run, mean +/- std over the seeds (``summary``), wall time.
 * ``correlations`` (``--correlation-archs N``): Kendall tau / Spearman rho of kappa_N and R_N against accuracy,
   for each coupling.
 
@@ -39,9 +43,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from istanas.data import DataConfig, image_batch  # noqa: E402
 from istanas.tenas.indicators import gram_condition, init_weights, ntk_jacobian, ntk_jacobian_loop  # noqa: E402
-from istanas.tenas.job import TenasConfig, correlation_study, tenas_search  # noqa: E402
+from istanas.tenas.job import TENAS_PRESETS, TenasConfig, correlation_study, tenas_search  # noqa: E402
 from istanas.tenas.proxies import build_proxies  # noqa: E402
 from istanas.tenas.pruning import Measurer, prepare_images, sample_ntk_batch, select_prunes  # noqa: E402
+from spaces.nb201 import TABLE_DATASETS, open_nb201_table  # noqa: E402
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
@@ -133,6 +138,39 @@ def coupling_agreement(images: torch.Tensor, device: torch.device, seed: int) ->
     return out
 
 
+def _mean_std(values: list[float]) -> dict[str, float]:
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "n": len(values)}
+
+
+def search_seeds(coupling: str, args: argparse.Namespace, images: torch.Tensor, device: torch.device,
+                 table_path: str | None) -> dict:
+    """``args.seeds`` NB201 searches with ``coupling``; found cells looked up in the table after each search."""
+    settings = dict(TENAS_PRESETS[args.preset]["tenas"])
+    if args.repeats is not None:
+        settings["repeats"] = args.repeats
+    runs = []
+    for seed in range(args.seeds):
+        cfg = TenasConfig(**{**settings, "space": "nb201", "dataset": "cifar10", "device": str(device),
+                             "seed": seed, "bn_coupling": coupling})
+        out = tenas_search(cfg, images)
+        run = {"seed": seed, "arch": out["arch"], "wall_time_s": out["wall_time_s"],
+               "setup_time_s": out["setup_time_s"], "rounds": out["rounds"], "config": out["config"]}
+        if table_path is not None:  # opened only now, after the search
+            found = open_nb201_table(table_path).lookup(out["arch"])
+            run.update({d: found[d] for d in TABLE_DATASETS}, percentile=found["percentile"])
+        runs.append(run)
+        print(f"[search nb201 {coupling} {args.preset} seed {seed}] {out['wall_time_s']:.1f}s on {device}: "
+              f"{out['arch']}  cifar10 {run.get('cifar10')}", flush=True)
+    rec = {"space": "nb201", "bn_coupling": coupling, "preset": args.preset, "runs": runs,
+           "wall_time_s": _mean_std([r["wall_time_s"] for r in runs])}
+    if table_path is not None:
+        rec["summary"] = {d: _mean_std([r[d] for r in runs]) for d in TABLE_DATASETS}
+        print(f"[search nb201 {coupling}] cifar10 {rec['summary']['cifar10']['mean']:.2f} +/- "
+              f"{rec['summary']['cifar10']['std']:.2f} over {len(runs)} seeds", flush=True)
+    return rec
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--json", required=True, help="where to write the results")
@@ -143,7 +181,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--images-npy", default=None, help="uint8 [N, 32, 32, 3] array (numpy.save), instead of the zip")
     ap.add_argument("--save-images-npy", default=None, help="write the loaded uint8 images there and continue")
     ap.add_argument("--num-images", type=int, default=2000)
-    ap.add_argument("--table", default=None, help="zc_nasbench201.json (default: <data-dir>/zc_nasbench201.json)")
+    ap.add_argument("--table", default=None, help="nasbench201_full.csv or zc_nasbench201.json "
+                                                  "(default: <data-dir>/nasbench201_full.csv)")
     ap.add_argument("--reps", type=int, default=3, help="timed calls per NTK variant (median)")
     ap.add_argument("--jac-chunk", type=int, default=None, help="vmap chunk size (default: auto per device)")
     ap.add_argument("--couplings", default="batch,frozen", help="BN couplings to measure, comma-separated")
@@ -151,8 +190,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--skip-search", action="store_true")
     ap.add_argument("--darts-search", action="store_true", help="also time a DARTS-space search")
     ap.add_argument("--correlation-archs", type=int, default=0)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--repeats", type=int, default=None, help="search repeats (default: the preset's)")
+    ap.add_argument("--seed", type=int, default=0, help="image sample / agreement / correlation seed")
+    ap.add_argument("--seeds", type=int, default=3, help="searches per coupling: seeds 0..N-1")
+    ap.add_argument("--preset", choices=("paper", "small"), default="paper", help="the searches' TE-NAS settings")
     args = ap.parse_args(argv)
 
     device = torch.device(args.device)
@@ -168,8 +209,11 @@ def main(argv: list[str] | None = None) -> dict:
         images, source = image_batch(DataConfig(image_size=32), 512), "scikit-learn digits (fallback)"
     if args.save_images_npy and u8 is not None:
         np.save(args.save_images_npy, u8, allow_pickle=False)
-    table = args.table or os.path.join(args.data_dir, "zc_nasbench201.json")
+    table = args.table or os.path.join(args.data_dir, "nasbench201_full.csv")
     table = table if os.path.isfile(table) else None
+    if args.seeds < 1:
+        print("bench_tenas: --seeds must be >= 1", file=sys.stderr)
+        raise SystemExit(2)
 
     res: dict = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
                  "images": source}
@@ -196,24 +240,13 @@ def main(argv: list[str] | None = None) -> dict:
               f"{agree['kendall_tau_d_kappa']:+.3f}, same pruned ops: {agree['same_pruned_ops']}", flush=True)
 
     if not args.skip_search:
-        res["search"] = {}
-        for c in couplings:
-            cfg = TenasConfig(space="nb201", dataset="cifar10", device=str(device), repeats=args.repeats,
-                              seed=args.seed, table_path=table, bn_coupling=c)
-            out = tenas_search(cfg, images)
-            res["search"][c] = {
-                "space": "nb201", "bn_coupling": c, "wall_time_s": out["wall_time_s"],
-                "setup_time_s": out["setup_time_s"], "arch": out["arch"], "in_table": out.get("in_table"),
-                "val_accuracy_cifar10": out.get("accuracy"), "rounds": out["rounds"], "config": out["config"],
-            }
-            print(f"[search nb201 {c}] {out['wall_time_s']:.1f}s on {device}: {out['arch']}  "
-                  f"table acc: {out.get('accuracy')} (in table: {out.get('in_table')})", flush=True)
+        res["search"] = {c: search_seeds(c, args, images, device, table) for c in couplings}
         if default in res["search"]:
-            res["nb201_search_wall_time_s"] = res["search"][default]["wall_time_s"]
+            res["nb201_search_wall_time_s"] = res["search"][default]["wall_time_s"]["mean"]
         if "frozen" in res["search"]:
-            res["nb201_search_wall_time_s_frozen"] = res["search"]["frozen"]["wall_time_s"]
+            res["nb201_search_wall_time_s_frozen"] = res["search"]["frozen"]["wall_time_s"]["mean"]
         if args.darts_search:
-            cfg_d = TenasConfig(space="darts", dataset="cifar10", device=str(device), repeats=args.repeats,
+            cfg_d = TenasConfig(space="darts", dataset="cifar10", device=str(device), repeats=args.repeats or 3,
                                 seed=args.seed, bn_coupling=couplings[-1])
             out_d = tenas_search(cfg_d, images)
             res["search_darts"] = {"wall_time_s": out_d["wall_time_s"], "genotype": out_d["arch"],
@@ -223,11 +256,11 @@ def main(argv: list[str] | None = None) -> dict:
     if args.correlation_archs > 0 and table is not None:
         res["correlations"] = {}
         for c in couplings:
-            cfg = TenasConfig(space="nb201", dataset="cifar10", device=str(device), repeats=args.repeats,
+            cfg = TenasConfig(space="nb201", dataset="cifar10", device=str(device), repeats=args.repeats or 3,
                               seed=args.seed, bn_coupling=c)
             corr = correlation_study(table, images, cfg, num_archs=args.correlation_archs, seed=args.seed)
             res["correlations"][c] = corr
-            print(f"[correlations {c}] {corr['num_archs']} archs ({corr['time_s']:.0f}s) Kendall tau: "
+            print(f"[correlations {c}] {corr['num_archs']} archs ({corr['time_per_cell_s']:.2f} s/cell) Kendall tau: "
                   + ", ".join(f"{k} {v:+.3f}" for k, v in corr["kendall_tau"].items())
                   + " | Spearman rho: " + ", ".join(f"{k} {v:+.3f}" for k, v in corr["spearman_rho"].items()),
                   flush=True)

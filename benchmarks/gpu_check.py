@@ -286,7 +286,7 @@ def bench_tenas(chk: Check) -> dict:
     out["ntk"] = {sp: {c: {k: v for k, v in d.items() if k in ("vectorised_s", "loop_s", "speedup", "batch")}
                        for c, d in by.items()} for sp, by in r.get("ntk", {}).items()}
     if "search" in r:
-        out["search_s"] = {c: s.get("seconds", s.get("wall_s")) for c, s in r["search"].items()}
+        out["search_s"] = {c: (s.get("wall_time_s") or {}).get("mean") for c, s in r["search"].items()}
     return out
 
 
