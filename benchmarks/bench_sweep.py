@@ -176,7 +176,7 @@ def bench_overhead(args, root: str) -> dict:
     os.makedirs(prof, exist_ok=True)
     os.environ[PROFILE_DIR_ENV] = prof   # the local Ray's workers inherit it
     t0 = time.perf_counter()
-    ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
     init_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     out = run_sweep(cfg, search_fn=profiled_search, echo=False)

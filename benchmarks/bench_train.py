@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
     res: dict = {"machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
                              "platform": platform.platform(), "loadavg_start": os.getloadavg()},
                  "settings": {k: v for k, v in vars(args).items() if k != "json"}}
-    ray.init(num_cpus=ncpu, num_gpus=2 if args.use_gpu else 0, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=ncpu, num_gpus=2 if args.use_gpu else 0, include_dashboard=False, log_to_driver=False)
     try:
         with tempfile.TemporaryDirectory(prefix="bench-train-") as storage:
             runs = {"1": _measure(_job(args, root, storage, 1, args.cpus_per_worker, "w1")),

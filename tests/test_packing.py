@@ -200,7 +200,8 @@ def test_four_quarter_gpu_trials_share_one_gpu_and_a_fifth_waits(tmp_path):
 
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(num_cpus=6, num_gpus=1, include_dashboard=False, log_to_driver=False, namespace="istanas")
+    ray.init(address="local", num_cpus=6, num_gpus=1, include_dashboard=False, log_to_driver=False,
+             namespace="istanas")
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     marks = tmp_path / "marks"
     marks.mkdir()
@@ -228,7 +229,7 @@ def test_four_quarter_gpu_trials_share_one_gpu_and_a_fifth_waits(tmp_path):
         assert not th.is_alive() and out["r"].num_trials == 5 and out["r"].num_errors == 0
     finally:
         (marks / "release").write_text("go")
-        th.join(timeout=60)
+        th.join(timeout=600)  # never shut Ray down under a running sweep (its threads would outlive this test)
         ray.shutdown()
     s = sorted(json.loads(open(p).read())["t"] for p in glob.glob(str(marks / "start-*.json")))
     e = sorted(json.loads(open(p).read())["t"] for p in glob.glob(str(marks / "end-*.json")))

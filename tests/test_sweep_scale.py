@@ -36,7 +36,7 @@ def ray_local():
     ray = pytest.importorskip("ray")
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, namespace="istanas", log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="istanas", log_to_driver=False)
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the stand-ins below ship by value
     yield ray
     ray.shutdown()
