@@ -90,8 +90,10 @@ def time_call(fn, device: torch.device, reps: int) -> tuple[float, object]:
 
 
 def bench_ntk(space: str, images: torch.Tensor, device: torch.device, reps: int, chunk: int | None,
-              coupling: str) -> dict:
+              coupling: str, batch: int | None = None) -> dict:
     cfg = TenasConfig(space=space, device=str(device), bn_coupling=coupling).resolved()
+    if batch is not None:  # a smaller NTK batch than the space's (a smoke run: the loop baseline is B backwards)
+        cfg.ntk_batch = batch
     ntk_net, _ = build_proxies(cfg)
     ntk_net = ntk_net.to(device)
     init_weights(ntk_net, "kaiming_fanout", seed=0)
@@ -185,6 +187,8 @@ def main(argv: list[str] | None = None) -> dict:
                                                   "(default: <data-dir>/nasbench201_full.csv)")
     ap.add_argument("--reps", type=int, default=3, help="timed calls per NTK variant (median)")
     ap.add_argument("--jac-chunk", type=int, default=None, help="vmap chunk size (default: auto per device)")
+    ap.add_argument("--ntk-batch", type=int, default=None,
+                    help="NTK batch of the timing section (default: the space's, 72 for NB201 and 14 for DARTS)")
     ap.add_argument("--couplings", default="batch,frozen", help="BN couplings to measure, comma-separated")
     ap.add_argument("--skip-agreement", action="store_true")
     ap.add_argument("--skip-search", action="store_true")
@@ -221,7 +225,8 @@ def main(argv: list[str] | None = None) -> dict:
         res["gpu"] = torch.cuda.get_device_name(device)
     couplings = [c for c in args.couplings.split(",") if c]
     default = TenasConfig().bn_coupling
-    res["ntk"] = {sp: {c: bench_ntk(sp, images, device, args.reps, args.jac_chunk, c) for c in couplings}
+    res["ntk"] = {sp: {c: bench_ntk(sp, images, device, args.reps, args.jac_chunk, c, args.ntk_batch)
+                       for c in couplings}
                   for sp in ("nb201", "darts")}
     if default in couplings:
         res["ntk_speedup_vs_loop"] = res["ntk"]["nb201"][default]["speedup"]

@@ -278,7 +278,7 @@ def bench_tenas(chk: Check) -> dict:
     np.save(npy, rng.integers(0, 256, (256, 32, 32, 3), dtype=np.uint8), allow_pickle=False)
     extra = ["--device", str(chk.device), "--images-npy", npy, "--data-dir", chk.out]
     if chk.args.tiny:
-        extra += ["--couplings", "frozen", "--reps", "1", "--skip-agreement", "--skip-search"]
+        extra += ["--couplings", "frozen", "--reps", "1", "--ntk-batch", "8", "--skip-agreement", "--skip-search"]
     elif not chk.args.tenas_search:
         extra += ["--skip-search"]
     r = chk.bench("bench_tenas.py", extra, "bench_tenas")
