@@ -1,6 +1,6 @@
 """Shared test fixtures.
 
-``RAY_ENABLE_AUTO_CONNECT=0``: no Ray API call starts a Ray implicitly (see below).
+``RAY_ENABLE_AUTO_CONNECT=0``: no Ray API call starts a Ray implicitly; ``RAY_worker_niceness=0`` (see below).
 ``shared_data``: the project's real-data folder (``../shared/data`` next to the checkout, or
 ``$ISTANAS_SHARED_DATA``); tests that need it are skipped where it is absent.
 """
@@ -16,6 +16,10 @@ import pytest
 # down again leaves the driver's core worker waiting for its GCS, and 60 s later Ray ends the whole pytest process
 # with exit status 1 and no summary (seen once on a busy machine). Every code path here calls ray.init itself.
 os.environ.setdefault("RAY_ENABLE_AUTO_CONNECT", "0")
+# Ray starts its workers at niceness 15 (RAY_worker_niceness): next to any nice-0 process (`make test-busy`'s CPU
+# hogs, a CI neighbour) the trials then get ~3 % of a core and a 2-minute sweep test takes over an hour.  The
+# suite's Ray workers share the CPU fairly instead (the raylet and every launcher subprocess inherit this).
+os.environ.setdefault("RAY_worker_niceness", "0")
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:  # tests run from a checkout without installation
