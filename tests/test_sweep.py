@@ -84,7 +84,13 @@ def test_sweep_of_real_searches_retrains_top_k(ray_local, tmp_path):
 
 
     cfg = _cfg(tmp_path, "num_samples=4", "max_concurrent=2", "asha.enabled=false", "retrain.top_k=2")
-    out = run_sweep(cfg, echo=False)
+    # the node's Prometheus export is scraped from the start: a trial's support-churn gauge lives only while it is
+    # re-exported, so on a busy machine it can expire before the sweep (retraining included) returns
+    scraper = _Scraper(ray_local, 'sweep="t"')
+    try:
+        out = run_sweep(cfg, echo=False)
+    finally:
+        scraper.stop()
     df = pd.read_parquet(out.table_parquet)
     assert len(df) == 4 and df["trial_id"].is_unique and (df["status"] == "TERMINATED").all()
     # Optuna's suggestions: recorded per trial, inside the space, different across trials
@@ -131,7 +137,8 @@ def test_sweep_of_real_searches_retrains_top_k(ray_local, tmp_path):
 
     # Ray keeps a gauge's series only while it is re-exported (a TTL of two export intervals), so on a busy
     # machine one scrape can miss a series: every series is looked for across the scrapes, until all are seen.
-    metrics = _scrape(ray_local, 'sweep="t"', lambda ls: total(finished(ls)) >= 4 and len(churn(ls)) >= 4)
+    metrics = _scrape(ray_local, 'sweep="t"', lambda ls: total(finished(ls)) >= 4 and len(churn(ls)) >= 4,
+                      seen=scraper.seen)
     assert finished(metrics) and total(finished(metrics)) == 4, metrics
     assert len(churn(metrics)) == 4, metrics
 
@@ -140,23 +147,54 @@ def _series(line: str) -> str:
     return line.rsplit(" ", 1)[0]
 
 
-def _scrape(ray, tag: str, ready, timeout: float = 180.0) -> list[str]:
-    """The series of this node's Prometheus export that carry ``tag``, each one's latest line over the scrapes so
-    far, as soon as ``ready(lines)`` holds (or what was seen when ``timeout`` seconds have passed)."""
+def _metrics_url(ray) -> str:
+    node = next(n for n in ray.nodes() if n["Alive"])
+    return f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics"
+
+
+def _scrape_once(url: str, tag: str, seen: dict[str, str]) -> None:
+    """One scrape of ``url``: each series carrying ``tag`` -> its latest line, into ``seen``."""
     import urllib.request
 
-    node = next(n for n in ray.nodes() if n["Alive"])
-    url = f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics"
-    seen: dict[str, str] = {}
+    try:
+        text = urllib.request.urlopen(url, timeout=10).read().decode()
+    except OSError:
+        text = ""
+    for ln in text.splitlines():
+        if tag in ln and not ln.startswith("#"):
+            seen[_series(ln)] = ln
+
+
+class _Scraper:
+    """Scrapes the node's Prometheus export every 0.5 s in a thread until :meth:`stop` (series into ``seen``)."""
+
+    def __init__(self, ray, tag: str):
+        import threading
+
+        self.url, self.tag, self.seen = _metrics_url(ray), tag, {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            _scrape_once(self.url, self.tag, self.seen)
+            self._stop.wait(0.5)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+
+
+def _scrape(ray, tag: str, ready, timeout: float = 180.0, seen: dict[str, str] | None = None) -> list[str]:
+    """The series of this node's Prometheus export that carry ``tag``, each one's latest line over the scrapes so
+    far (``seen``: those of earlier scrapes), as soon as ``ready(lines)`` holds (or what was seen when ``timeout``
+    seconds have passed)."""
+    url = _metrics_url(ray)
+    seen = {} if seen is None else seen
     deadline = time.time() + timeout
     while time.time() < deadline:
-        try:
-            text = urllib.request.urlopen(url, timeout=10).read().decode()
-        except OSError:
-            text = ""
-        for ln in text.splitlines():
-            if tag in ln and not ln.startswith("#"):
-                seen[_series(ln)] = ln
+        _scrape_once(url, tag, seen)
         if ready(list(seen.values())):
             break
         time.sleep(0.5)
