@@ -109,9 +109,8 @@ def _saved_storages(fn: Any, exclude: set[int]) -> dict[int, int]:
             if ptr not in exclude:
                 seen[ptr] = max(seen.get(ptr, 0), st.nbytes())
         except (RuntimeError, NotImplementedError):
-            # tensors without a plain storage (sparse, nested, meta, functorch wrappers) hold no activation bytes
-            # of their own: they are not counted, which the estimate's per-space factor covers
-            return t
+            pass  # no plain storage (sparse, nested, meta, functorch wrappers): not counted; the per-space factor
+            #       of the estimate covers them
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
