@@ -136,8 +136,11 @@ def candidates(records: Iterable[Mapping[str, Any]]) -> list[dict]:
 
 
 def _rank_key(r: Mapping[str, Any], sign: float) -> tuple:
-    """Finished searches before stopped-early ones, then the objective (best first), then record order."""
-    return (not r["search_done"], -sign * _objective(r), r["_order"])
+    """Finished searches before stopped-early ones, then the objective (best first); ties by the genotype digest
+    and then the trial's config (canonical JSON), so the ranking does not depend on the order trials finished in
+    (which differs between an uninterrupted and a resumed sweep)."""
+    return (not r["search_done"], -sign * _objective(r), str(r["metrics"].get("genotype_digest")),
+            json.dumps(r.get("config", {}), sort_keys=True, default=str))
 
 
 def dedupe(records: Iterable[Mapping[str, Any]], mode: str = "max") -> tuple[list[dict], dict[str, str]]:
@@ -145,11 +148,10 @@ def dedupe(records: Iterable[Mapping[str, Any]], mode: str = "max") -> tuple[lis
 
     Ranking: searches that ran to their end come first, by objective; searches stopped early by ASHA follow, by
     the objective they had when stopped (their genotypes only fill top-k slots that finished searches leave).
-    A group's representative is its best-ranked trial (ties: the earlier record)."""
+    A group's representative is its best-ranked trial (ties: by config, see :func:`_rank_key`)."""
     sign = 1.0 if mode == "max" else -1.0
     groups: dict[str, list[dict]] = {}
-    for i, r in enumerate(candidates(records)):
-        r["_order"] = i
+    for r in candidates(records):
         groups.setdefault(r["metrics"]["genotype_digest"], []).append(r)
     reps, rep_of = [], {}
     for members in groups.values():

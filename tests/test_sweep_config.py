@@ -220,6 +220,23 @@ def test_dedupe_and_top_k():
     assert [r["trial_id"] for r in select_top_k(recs, 10)] == ["c", "b", "g", "d"]
 
 
+def test_ranking_of_ties_does_not_depend_on_trial_order():
+    """Equal objectives (common on small validation sets): the ranks and representatives are the same whatever
+    order the trials finished in (a resumed sweep's order differs from an uninterrupted one's)."""
+    import itertools
+
+    from orchestrator.results import dedupe
+
+    recs = [_rec("a", 0.9, "g1", lam=0.01), _rec("b", 0.9, "g2", lam=0.02), _rec("c", 0.9, "g1", lam=0.03),
+            _rec("d", 0.8, "g3", lam=0.04)]
+    seen = set()
+    for perm in itertools.permutations(recs):
+        reps, rep_of = dedupe(perm)
+        seen.add((tuple(r["trial_id"] for r in reps), tuple(sorted(rep_of.items()))))
+    assert len(seen) == 1
+    assert [r["trial_id"] for r in dedupe(recs)[0]] == ["a", "b", "d"]  # g1 < g2 by digest; a's lam < c's
+
+
 def test_table_aggregates_retrains():
     import pandas as pd
 
