@@ -50,6 +50,11 @@ COMBINATIONS: dict[str, tuple[str, ...]] = {
     # with SynFlow (added after the 150-cell study put "combined" at tau 0.625 < 0.70; reported with and without)
     "combined+synflow": ("ntk_cond", "linear_regions", "naswot", "flops", "synflow"),
     "naswot+flops+synflow": ("naswot", "flops", "synflow"),
+    # with AZ-NAS's components (Lee & Ham, CVPR 2024): its own combination (complexity = FLOPs), and mixed in
+    "aznas": ("expressivity", "progressivity", "trainability", "flops"),
+    "aznas+naswot+synflow": ("expressivity", "progressivity", "trainability", "flops", "naswot", "synflow"),
+    "combined+aznas": ("ntk_cond", "linear_regions", "naswot", "flops", "expressivity", "progressivity",
+                       "trainability"),
 }
 
 #: Reference cells of the sweep-objective score ``tenas_ref32``.

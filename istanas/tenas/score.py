@@ -9,6 +9,8 @@ Components (direction: higher is better unless noted), each from its paper:
 * ``params`` / ``flops``: #parameters and multiply-adds (millions, :mod:`spaces.profile`) of that network.
 * ``synflow``: SynFlow (Tanaka et al., NeurIPS 2020; Abdelfattah et al., ICLR 2021) of that network at the
   same init, BN removed, an all-ones input of the image size (:func:`istanas.tenas.indicators.synflow_score`).
+* ``expressivity`` / ``progressivity`` / ``trainability``: AZ-NAS's components (Lee & Ham, CVPR 2024, Eq. 3-7,
+  :mod:`istanas.tenas.aznas`) of that network at the same init, on the NASWOT batch.
 
 Scores (``TenasConfig.score``): ``"tenas"`` = the paper's rank combination of ``ntk_cond`` and
 ``linear_regions`` (``-(rank kappa asc + rank R desc)``); ``"combined"`` = AZ-NAS's log-rank sum
@@ -39,6 +41,7 @@ import torch
 from torch import nn
 
 from istanas.random_search import sample_darts, sample_nb201
+from istanas.tenas.aznas import AZ_COMPONENTS, aznas_scores
 from istanas.tenas.indicators import (init_weights, log_rank_combination, naswot_score, rank_combination,
                                       synflow_score)
 from istanas.tenas.pruning import COMBINED_DEFAULT, Measurer, _key_seed, genotype_to_mask, sample_ntk_batch
@@ -48,7 +51,7 @@ from spaces.registry import load_genotype
 
 #: Component -> higher is better.
 COMPONENTS: dict[str, bool] = {"ntk_cond": False, "linear_regions": True, "naswot": True, "params": True,
-                               "flops": True, "synflow": True}
+                               "flops": True, "synflow": True, **{c: True for c in AZ_COMPONENTS}}
 #: The training-free scores a search or a sweep can use.
 SCORES: tuple[str, ...] = ("tenas", "combined")
 TENAS_COMPONENTS: tuple[str, ...] = ("ntk_cond", "linear_regions")
@@ -118,7 +121,7 @@ class CellScorer:
             k, r = self.meas.score(mask, key)
             out["ntk_cond"], out["linear_regions"] = k, r
             t = self._timed("tenas", t)
-        if {"naswot", "params", "flops", "synflow"} & set(self.components):
+        if {"naswot", "params", "flops", "synflow", *AZ_COMPONENTS} & set(self.components):
             net = self.eval_network(genotype).to(self.device)
             s = self.meas.images.shape[-1]
             init_weights(net, "default", _key_seed(self.cfg.seed, 5, key))
@@ -128,6 +131,10 @@ class CellScorer:
             if "synflow" in self.components:
                 out["synflow"] = float(synflow_score(net, (3, s, s)))
                 t = self._timed("synflow", t)
+            if set(AZ_COMPONENTS) & set(self.components):
+                az = aznas_scores(net, self.naswot_batch(), seed=_key_seed(self.cfg.seed, 6, key))
+                out.update({k: float(v) for k, v in az.items()})
+                t = self._timed("aznas", t)
             if "params" in self.components:
                 out["params"] = count_parameters(net)
                 t = self._timed("params", t)
