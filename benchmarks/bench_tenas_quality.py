@@ -52,6 +52,7 @@ COMBINATIONS: dict[str, tuple[str, ...]] = {
     "naswot+flops+synflow": ("naswot", "flops", "synflow"),
     # with AZ-NAS's components (Lee & Ham, CVPR 2024): its own combination (complexity = FLOPs), and mixed in
     "aznas": ("expressivity", "progressivity", "trainability", "flops"),
+    "aznas+naswot": ("expressivity", "progressivity", "trainability", "flops", "naswot"),
     "aznas+naswot+synflow": ("expressivity", "progressivity", "trainability", "flops", "naswot", "synflow"),
     "combined+aznas": ("ntk_cond", "linear_regions", "naswot", "flops", "expressivity", "progressivity",
                        "trainability"),

@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from istanas.tenas.aznas import aznas_scores, feature_blocks, isotropy_entropy, jacobian_scale
+from istanas.tenas.aznas import (aznas_scores, block_trainability, channel_jacobian_norm, feature_blocks,
+                                 isotropy_entropy, jacobian_scale)
 from istanas.tenas.indicators import init_weights
 from spaces.networks import build_network
 
@@ -88,18 +89,65 @@ def test_scores_in_closed_form_on_linear_blocks():
     torch.manual_seed(0)
     x = torch.randn(16, 3, 5, 5)
     net = _Chain([2.0, 1.0, 0.5])
-    s = aznas_scores(net, x)
+    s = aznas_scores(net, x, estimator="frobenius")
     e0 = float(isotropy_entropy(net.stem(x)))
     # scaling keeps the covariance's shape: every block has the stem's entropy, steps are 0
     assert float(s["expressivity"]) == pytest.approx(4 * e0, rel=1e-9)
     assert float(s["progressivity"]) == pytest.approx(0.0, abs=1e-9)
     # J = a I: sigma = |a| exactly whatever the probe; -(a + 1/a - 2) = -0.5, 0, -0.5
     assert float(s["trainability"]) == pytest.approx(-1.0 / 3.0, rel=1e-9)
+    # released estimator: the a = 1 block is an identity (g == v exactly): -inf
+    assert aznas_scores(net, x)["trainability"] == -math.inf
+    assert math.isfinite(float(aznas_scores(_Chain([2.0, 0.5]), x)["trainability"]))
     col = _Chain([1.0, 1.0], collapse_last=True)
     c = aznas_scores(col, x)
     assert float(c["progressivity"]) == pytest.approx(-float(isotropy_entropy(col.stem(x))), rel=1e-6)  # the rank-1 block loses all entropy
-    z = aznas_scores(_Chain([1.0, 0.0]), x)
-    assert z["trainability"] == -math.inf  # a block whose output ignores its input
+    for est in ("released", "frobenius"):
+        z = aznas_scores(_Chain([1.5, 0.0]), x, estimator=est)
+        assert z["trainability"] == -math.inf  # a block whose output ignores its input
+    with pytest.raises(ValueError, match="estimator"):
+        aznas_scores(net, x, estimator="spectral")
+
+
+def _np_channel_norm(g: np.ndarray, v: np.ndarray) -> float:
+    """The released estimator by explicit loops: g [B, Ci, Hi, Wi] unshuffled by r to v's [Ho, Wo]."""
+    B, ci, hi, wi = g.shape
+    _, co, ho, wo = v.shape
+    r = -(-hi // ho)
+    gu = np.zeros((B, ci * r * r, ho, wo))
+    for c in range(ci):
+        for di in range(r):
+            for dj in range(r):
+                for i in range(ho):
+                    for j in range(wo):
+                        if i * r + di < hi and j * r + dj < wi:
+                            gu[:, c * r * r + di * r + dj, i, j] = g[:, c, i * r + di, j * r + dj]
+    m = np.einsum("bchw,bdhw->cd", gu, v) / (B * ho * wo)
+    return float(np.linalg.svd(m, compute_uv=False).max())
+
+
+@pytest.mark.parametrize("size", [8, 5])  # 8 -> 4: exact unshuffle; 5 -> 3: zero-padded to 6
+def test_released_estimator_matches_explicit_loops_and_recovers_a_strided_1x1_conv(size):
+    torch.manual_seed(0)
+    conv3 = nn.Conv2d(3, 4, 3, stride=2, padding=1, bias=False)  # every input position gets a gradient
+    x = torch.randn(2, 3, size, size, requires_grad=True)
+    out = conv3(x)
+    v = (torch.randint(0, 2, out.shape, generator=torch.Generator().manual_seed(1)) * 2 - 1).float()
+    J = _explicit_jacobian(conv3, x.detach())
+    g = (J.T @ v.double().flatten()).reshape(x.shape)
+    sigma, ident = channel_jacobian_norm(g, v.double())
+    assert not bool(ident)
+    assert float(sigma) == pytest.approx(_np_channel_norm(g.numpy(), v.double().numpy()), rel=1e-10)
+    # many positions: M -> W^T on the stride's (0, 0) sub-channels, so sigma -> ||W||_2
+    conv = nn.Conv2d(3, 4, 1, stride=2, bias=False)
+    big = torch.randn(64, 3, 2 * size, 2 * size, requires_grad=True)
+    o = conv(big)
+    vb = (torch.randint(0, 2, o.shape, generator=torch.Generator().manual_seed(2)) * 2 - 1).float()
+    w2 = float(torch.linalg.matrix_norm(conv.weight.detach().reshape(4, 3).double(), ord=2))
+    st = float(block_trainability(o, big, vb))
+    sig = float(channel_jacobian_norm(torch.autograd.grad(o, big, vb, retain_graph=True)[0], vb)[0])
+    assert sig == pytest.approx(w2, rel=0.05)
+    assert st == pytest.approx(-(sig + 1 / sig - 2), rel=1e-9)
 
 
 def test_an_inplace_op_after_a_block_does_not_change_its_recorded_features():
@@ -131,13 +179,18 @@ def test_nb201_network_scores_match_a_stage_by_stage_forward():
     # trainability of the first cell alone, from its explicit batch Jacobian and the same first probe
     J = _explicit_jacobian(net.cells[0], feats[0])
     v = (torch.randint(0, 2, feats[1].shape, generator=torch.Generator().manual_seed(5)) * 2 - 1).double()
-    sig = math.sqrt(float((J.T @ v.flatten()).pow(2).sum() / v.numel()))
+    g = (J.T @ v.flatten()).reshape(feats[0].shape).numpy()
+    sig = _np_channel_norm(g, v.numpy())
     first = -(sig + 1 / sig - 2)
+    sig_f = math.sqrt(float((J.T @ v.flatten()).pow(2).sum() / v.numel()))
+    first_f = -(sig_f + 1 / sig_f - 2)
     rest = aznas_scores(net, x, seed=5, blocks=blocks)["trainability"]
     assert float(rest) == float(s["trainability"])  # the probes are seeded
     assert first <= 0 and math.isfinite(first)
     one = aznas_scores(net, x, seed=5, blocks=blocks[:2])  # stem + first cell only
     assert float(one["trainability"]) == pytest.approx(first, rel=1e-4)
+    one_f = aznas_scores(net, x, seed=5, blocks=blocks[:2], estimator="frobenius")
+    assert float(one_f["trainability"]) == pytest.approx(first_f, rel=1e-4)
     assert all(p.grad is None for p in net.parameters())
 
 

@@ -202,6 +202,45 @@ def test_pruning_deltas_are_parent_minus_child_over_parent(images: torch.Tensor,
     assert np.abs(d_k).max() > 0 and np.abs(d_r).max() > 0
 
 
+def test_child_components_of_every_kind_match_direct_calls_on_the_masked_proxy(images: torch.Tensor) -> None:
+    """Every per-child component of the pruning (not only naswot / params / flops) on a fresh proxy with the
+    child's mask, the same seeded init and batch; and a combined search over all of them runs to one cell."""
+    import copy
+
+    from istanas.tenas.aznas import AZ_COMPONENTS, aznas_scores
+    from istanas.tenas.indicators import init_weights, synflow_score
+    from istanas.tenas.pruning import _key_seed
+
+    cfg = _tiny(repeats=2, bn_coupling="frozen").resolved()
+    meas = Measurer(cfg, images)
+    parent = np.ones((1, 6, len(NB201_SEARCH_OPS)), dtype=bool)
+    child = parent.copy()
+    child[0, 2, 1] = False
+    names = ["naswot", "synflow", *AZ_COMPONENTS]
+    got = meas.child_components(0, [parent, child], names)
+    fresh = Measurer(cfg, images)
+    net = copy.deepcopy(fresh.ntk_net)
+    for c, m in enumerate([parent, child]):
+        net.set_mask(m)
+        want: dict[str, list] = {n: [] for n in names}
+        for r in range(2):
+            ki, kb, _, _ = fresh.units(0, r, c)
+            init_weights(net, fresh.ntk_init, _key_seed(cfg.seed, 2, *ki))
+            x = fresh._data(0, kb)
+            if r == 0:
+                want["synflow"].append(float(synflow_score(net, (3, 8, 8))))
+            want["naswot"].append(float(naswot_score(net, x)))
+            az = aznas_scores(net, x, seed=_key_seed(cfg.seed, 6, *kb))
+            for n in AZ_COMPONENTS:
+                want[n].append(float(az[n]))
+        for n in names:
+            assert got[n][c] == pytest.approx(np.mean(want[n]), rel=1e-5), (n, c)
+    assert all(got[n][0] != got[n][1] for n in names)  # the mask reaches every component
+    out = tenas_search(_tiny(score="combined", components=["ntk_cond", "linear_regions", "naswot", "synflow",
+                                                           "flops", *AZ_COMPONENTS]), images)
+    assert out["arch"].count("~") == 6 and "none" not in out["arch"].split("+")[0]
+
+
 def test_combined_pruning_by_params_keeps_conv3x3(images: torch.Tensor) -> None:
     out = tenas_search(_tiny(score="combined", components=["params"]), images)
     assert out["arch"] == ALL_CONV

@@ -9,11 +9,15 @@ and ``F_l`` (output of primary block ``l``: a cell or a reduction block), ``[B, 
   lambda_j`` the normalised eigenvalues of the ``[C_l, C_l]`` covariance of the ``B H_l W_l`` channel vectors of
   ``F_l`` (float64): high when the features use every direction (isotropic).  A zero feature map counts 0.
 * progressivity ``s^P = min_l (s^E_l - s^E_{l-1})`` (Eq. 5): expressivity should grow block after block.
-* trainability ``s^T = (1 / L) sum_l -(sigma_l + 1 / sigma_l - 2)`` (Eq. 6-7): ``sigma_l`` estimates the scale
-  of the block Jacobian ``J_l = dF_l / dF_{l-1}`` (the whole batch, so train-mode BN's coupling is included) by
-  one Rademacher probe ``v`` (``E ||J^T v||^2 = ||J||_F^2``): ``sigma_l^2 = ||J_l^T v||^2 / ||v||^2 *
-  d_out / min(d_in, d_out)``, the mean squared singular value of ``J_l``; 0 (the best) when ``sigma_l = 1``.
-  A block whose output does not depend on its input has ``sigma_l = 0`` and ``s^T = -inf``.
+* trainability ``s^T = (1 / L) sum_l -(sigma_l + 1 / sigma_l - 2)`` (Eq. 6-7): ``sigma_l`` the scale of the
+  block Jacobian ``J_l = dF_l / dF_{l-1}`` (the whole batch, so train-mode BN's coupling is included), 0 (the best)
+  at ``sigma_l = 1``, from one Rademacher probe ``v`` shaped like ``F_l`` and ``g = J_l^T v``.  Default
+  (``estimator="released"``, what the paper's numbers come from): the spectral norm of the channel matrix
+  ``M = (1 / B H W) sum_positions g v^T`` ``[C_{l-1}, C_l]`` (``g`` pixel-unshuffled to ``F_l``'s resolution at a
+  reduction), an estimate of the position-averaged channel Jacobian; a block whose ``g`` equals ``v`` (identity)
+  scores ``-inf``.  ``estimator="frobenius"``: ``sigma_l^2 = ||g||^2 / ||v||^2 * d_out / min(d_in, d_out)``, the
+  mean squared singular value of ``J_l`` (:func:`jacobian_scale`; tau -0.10 vs +0.31 for the released one on 300
+  NB201 cells, benchmarks/README.md).  A block whose output does not depend on its input: ``-inf``.
 
 All higher-is-better; combined with the others by log-rank (:func:`istanas.tenas.indicators.log_rank_combination`).
 """
@@ -58,7 +62,8 @@ def isotropy_entropy(feature: torch.Tensor) -> torch.Tensor:
 
 
 def jacobian_scale(out: torch.Tensor, inp: torch.Tensor, probe: torch.Tensor) -> torch.Tensor:
-    """``sigma`` of ``J = d out / d inp`` from one probe ``v`` shaped like ``out`` (module doc); 0-dim float64."""
+    """``sigma`` of ``J = d out / d inp`` by the ``"frobenius"`` estimator from one probe ``v`` shaped like ``out``
+    (module doc); 0-dim float64."""
     (g,) = torch.autograd.grad(out, inp, grad_outputs=probe, retain_graph=True, allow_unused=True)
     if g is None:
         return torch.zeros((), dtype=torch.float64, device=out.device)
@@ -67,11 +72,59 @@ def jacobian_scale(out: torch.Tensor, inp: torch.Tensor, probe: torch.Tensor) ->
     return (ratio * d_out / min(d_in, d_out)).sqrt()
 
 
-def aznas_scores(model: nn.Module, x: torch.Tensor, *, seed: int = 0,
-                 blocks: Sequence[nn.Module] | None = None) -> dict[str, torch.Tensor]:
+def _channels_last(t: torch.Tensor) -> torch.Tensor:
+    """``[B, C, H, W]`` (or ``[B, C]``) -> ``[B H W, C]``."""
+    return t.movedim(1, -1).reshape(-1, t.shape[1]) if t.dim() > 2 else t
+
+
+def channel_jacobian_norm(g: torch.Tensor, probe: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(sigma, identity)`` of the ``"released"`` estimator (module doc): ``g = J^T v [B, C_in, H_in, W_in]``,
+    ``probe = v [B, C_out, H_out, W_out]``; ``g`` is pixel-unshuffled by ``ceil(H_in / H_out)`` (zero-padded to a
+    multiple) when the resolutions differ.  ``sigma``: largest singular value of ``M [C_in', C_out]`` (float64);
+    ``identity``: a bool tensor, ``g == v`` exactly.  0-dim tensors on ``g``'s device, no host sync."""
+    if g.dim() > 2 and g.shape[-2:] != probe.shape[-2:]:
+        r = -(-g.shape[-1] // probe.shape[-1])  # ceil; square maps
+        ph, pw = probe.shape[-2] * r - g.shape[-2], probe.shape[-1] * r - g.shape[-1]
+        g = torch.nn.functional.pixel_unshuffle(torch.nn.functional.pad(g, (0, pw, 0, ph)), r)
+    identity = torch.zeros((), dtype=torch.bool, device=g.device)
+    if g.shape == probe.shape:
+        identity = (g == probe).all()
+    a, b = _channels_last(g).double(), _channels_last(probe).double()
+    m = a.T @ b / a.shape[0]  # [C_in', C_out]
+    return torch.linalg.matrix_norm(m, ord=2), identity
+
+
+ESTIMATORS: tuple[str, ...] = ("released", "frobenius")
+
+
+def block_trainability(out: torch.Tensor, inp: torch.Tensor, probe: torch.Tensor,
+                       estimator: str = "released") -> torch.Tensor:
+    """``s^T_l = -(sigma_l + 1 / sigma_l - 2)`` of one block ``inp -> out`` (module doc); 0-dim float64, ``-inf``
+    for a block whose output ignores its input (or, ``"released"``, is its input)."""
+    minf = torch.full((), -math.inf, dtype=torch.float64, device=out.device)
+    if not out.requires_grad:  # the block output is a constant (e.g. every path 'none')
+        return minf
+    if estimator == "frobenius":
+        sigma, ident = jacobian_scale(out, inp, probe), torch.zeros((), dtype=torch.bool, device=out.device)
+    elif estimator == "released":
+        (g,) = torch.autograd.grad(out, inp, grad_outputs=probe, retain_graph=True, allow_unused=True)
+        if g is None:
+            return minf
+        sigma, ident = channel_jacobian_norm(g, probe)
+    else:
+        raise ValueError(f"estimator: {estimator!r} is not one of {list(ESTIMATORS)}")
+    safe = torch.where(sigma > 0, sigma, torch.ones_like(sigma))
+    return torch.where((sigma > 0) & ~ident, -(sigma + 1.0 / safe - 2.0), minf)
+
+
+def aznas_scores(model: nn.Module, x: torch.Tensor, *, seed: int = 0, blocks: Sequence[nn.Module] | None = None,
+                 estimator: str = "released") -> dict[str, torch.Tensor]:
     """``{"expressivity", "progressivity", "trainability"}`` (0-dim float64 tensors, no host sync) of ``model``
     at its current weights on one batch ``x [B, ...]``; ``blocks`` default :func:`feature_blocks`; the probes
-    come from a CPU generator seeded by ``seed``.  The model's parameters get no gradient."""
+    come from a CPU generator seeded by ``seed``; ``estimator``: trainability's (module doc).  The model's
+    parameters get no gradient."""
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator: {estimator!r} is not one of {list(ESTIMATORS)}")
     blocks = list(blocks) if blocks is not None else feature_blocks(model)
     feats: list[torch.Tensor] = []
 
@@ -98,12 +151,7 @@ def aznas_scores(model: nn.Module, x: torch.Tensor, *, seed: int = 0,
     train = []
     for prev, cur in zip(feats[:-1], feats[1:]):
         v = (torch.randint(0, 2, cur.shape, generator=gen) * 2 - 1).to(device=cur.device, dtype=cur.dtype)
-        if not cur.requires_grad:  # the block output is a constant (e.g. every path 'none')
-            sigma = torch.zeros((), dtype=torch.float64, device=cur.device)
-        else:
-            sigma = jacobian_scale(cur, prev, v)
-        train.append(torch.where(sigma > 0, -(sigma + 1.0 / sigma - 2.0),
-                                 torch.full_like(sigma, -math.inf)))
+        train.append(block_trainability(cur, prev, v, estimator))
     steps = [b - a for a, b in zip(ent[:-1], ent[1:])]
     zero = torch.zeros((), dtype=torch.float64, device=x.device)
     return {"expressivity": torch.stack(ent).sum(),
@@ -111,4 +159,5 @@ def aznas_scores(model: nn.Module, x: torch.Tensor, *, seed: int = 0,
             "trainability": torch.stack(train).mean() if train else zero}
 
 
-__all__ = ["AZ_COMPONENTS", "feature_blocks", "isotropy_entropy", "jacobian_scale", "aznas_scores"]
+__all__ = ["AZ_COMPONENTS", "ESTIMATORS", "feature_blocks", "isotropy_entropy", "jacobian_scale",
+           "channel_jacobian_norm", "block_trainability", "aznas_scores"]

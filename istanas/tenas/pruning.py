@@ -24,8 +24,9 @@ import torch
 import torch.nn.functional as F
 
 from istanas.data import DataConfig, image_batch
+from istanas.tenas.aznas import AZ_COMPONENTS, aznas_scores
 from istanas.tenas.indicators import (init_weights, linear_regions_once, live_param_count, log_rank_combination,
-                                      naswot_score, ntk_kappa)
+                                      naswot_score, ntk_kappa, synflow_score)
 from istanas.tenas.proxies import (DARTS_EDGES, DARTS_GROUPS, DARTS_SEARCH_OPS, DARTS_STEPS, NB201_SEARCH_OPS,
                                    build_proxies)
 from spaces.genotype import Genotype, NB201Genotype
@@ -197,27 +198,39 @@ class Measurer:
 
     def child_components(self, rnd: int, children: Sequence[np.ndarray], names: Sequence[str]
                          ) -> dict[str, np.ndarray]:
-        """``naswot`` (mean over repeats, on the NTK proxy with the NTK unit of each repeat), ``params`` and
-        ``flops`` (the NTK proxy's live ops) of each child mask; ``{name: [n]}`` for the names asked."""
-        out: dict[str, list] = {n: [] for n in names if n in ("naswot", "params", "flops")}
+        """The per-child components of ``score: combined`` (all but ``ntk_cond`` / ``linear_regions``, which come
+        from the deltas) on the NTK proxy with each child's mask: ``naswot`` and AZ-NAS's ``expressivity`` /
+        ``progressivity`` / ``trainability`` (means over repeats, with the NTK init and batch of each repeat),
+        ``synflow`` (the NTK init of repeat 0), ``params`` and ``flops`` (the live ops); ``{name: [n]}``."""
+        per_repeat = [n for n in names if n == "naswot" or n in AZ_COMPONENTS]
+        out: dict[str, list] = {n: [] for n in names if n in ("naswot", "params", "flops", "synflow", *AZ_COMPONENTS)}
         s = self.cfg.input_size
         probe = torch.zeros(1, 3, s, s, device=self.device)
         for c, child in enumerate(children):
             self.ntk_net.set_mask(child)
-            if "naswot" in out:
-                vals = []
-                for r in range(self.cfg.repeats):
-                    ki, kb, _, _ = self.units(rnd, r, c)
-                    if ki != self._ntk_key:
-                        init_weights(self.ntk_net, self.ntk_init, _key_seed(self.cfg.seed, 2, *ki))
-                        self._ntk_key = ki
-                    vals.append(naswot_score(self.ntk_net, self._data(0, kb)))
-                out["naswot"].append(torch.stack(vals).mean())
+            vals: dict[str, list] = {n: [] for n in per_repeat}
+            for r in range(self.cfg.repeats if per_repeat or "synflow" in out else 0):
+                ki, kb, _, _ = self.units(rnd, r, c)
+                if ki != self._ntk_key:
+                    init_weights(self.ntk_net, self.ntk_init, _key_seed(self.cfg.seed, 2, *ki))
+                    self._ntk_key = ki
+                if r == 0 and "synflow" in out:
+                    out["synflow"].append(synflow_score(self.ntk_net, (3, s, s)))
+                if "naswot" in vals:
+                    vals["naswot"].append(naswot_score(self.ntk_net, self._data(0, kb)))
+                if set(AZ_COMPONENTS) & set(vals):
+                    az = aznas_scores(self.ntk_net, self._data(0, kb), seed=_key_seed(self.cfg.seed, 6, *kb))
+                    for n in AZ_COMPONENTS:
+                        if n in vals:
+                            vals[n].append(az[n])
+            for n, v in vals.items():
+                out[n].append(torch.stack(v).mean())
             if "params" in out:
                 out["params"].append(float(live_param_count(self.ntk_net, probe)))
             if "flops" in out:
                 out["flops"].append(count_flops(self.ntk_net, (1, 3, s, s)))
-        return {n: (torch.stack(v).cpu().numpy() if n == "naswot" else np.array(v)) for n, v in out.items()}
+        return {n: (torch.stack(v).cpu().numpy() if v and torch.is_tensor(v[0]) else np.array(v))
+                for n, v in out.items()}
 
     def score(self, mask: np.ndarray, key: int = 0) -> tuple[float, float]:
         """Mean (kappa, regions) of one fixed architecture over the repeats (units shared across archs)."""
