@@ -17,6 +17,10 @@ Usage::
   TE-NAS rank combination against 32 other cells of the sample, ``score.reference_rank_objective``); #params and
   FLOPs (of the cell's C=16, N=5 network) are the baselines.  ``time_per_cell_s``: wall time per scored cell (all
   components), ``time_per_cell_s_by_component`` its split; ``loadavg`` the machine's load when it ended.
+* ``pick_best``: the pre-filter as a search: for each ``n`` of ``--pick-n`` and seeds ``0..--seeds-1``, ``n`` cells
+  drawn from the scored sample, the best by each score kept; its three table accuracies, mean +/- std over the
+  seeds (the scores are the correlation's, so no cell is scored twice; the table is read after the pick).
+  ``--columns PATH.npz`` also saves every component's column with the sample's cell strings.
 
 The JSON is rewritten (atomically) after every search and after the correlation study, so a run cut short
 keeps what it finished.  The table is read only to look found cells up and to correlate, never by a search.
@@ -56,6 +60,8 @@ COMBINATIONS: dict[str, tuple[str, ...]] = {
     "aznas+naswot+synflow": ("expressivity", "progressivity", "trainability", "flops", "naswot", "synflow"),
     "combined+aznas": ("ntk_cond", "linear_regions", "naswot", "flops", "expressivity", "progressivity",
                        "trainability"),
+    "combined+aznas+synflow": ("ntk_cond", "linear_regions", "naswot", "flops", "expressivity", "progressivity",
+                               "trainability", "synflow"),
 }
 
 #: Reference cells of the sweep-objective score ``tenas_ref32``.
@@ -85,13 +91,16 @@ def _summary(values: list[float]) -> dict[str, float]:
 
 def run_searches(out: dict, args: argparse.Namespace, images: torch.Tensor, table, save) -> None:
     runs = [("tenas", c) for c in args.couplings] + [("combined", c) for c in args.combined_couplings]
+    comps = args.combined_components
     for score, coupling in runs:
-        name = f"{score}_{coupling}"
+        extra = {"components": list(COMBINATIONS.get(comps, comps.split(",")))} if score == "combined" and comps \
+            else {}
+        name = f"{score}[{comps}]_{coupling}" if extra else f"{score}_{coupling}"
         rec = out["search"].setdefault(name, {"score": score, "bn_coupling": coupling, "preset": args.preset,
-                                              "runs": []})
+                                              **extra, "runs": []})
         for seed in range(args.seeds):
             cfg = TenasConfig(**{**PRESET_SETTINGS[args.preset], "bn_coupling": coupling, "score": score,
-                                 "seed": seed, "device": args.device})
+                                 "seed": seed, "device": args.device, **extra}).validate()
             t0 = time.perf_counter()
             res = tenas_search(cfg, images)
             found = table.lookup(res["arch"])
@@ -123,6 +132,25 @@ def score_in_chunks(sample: list[str], images: torch.Tensor, cfg: TenasConfig, c
     return out
 
 
+def pick_best(cols: dict, sample: list[str], table, sizes: list[int], seeds: int) -> dict:
+    """``{n: {score: {dataset: summary, "archs": [...]}}}``: per seed, ``n`` cells of ``sample`` drawn (seeded),
+    every score of :func:`oriented_scores` computed on the draw alone (log-ranks within the ``n``), the cell with
+    the highest kept (NaN lowest, first in sample order on ties) and looked up in ``table``."""
+    out: dict = {}
+    for n in sizes:
+        picks: dict[str, list[str]] = {}
+        for seed in range(seeds):
+            d = np.sort(np.random.default_rng(1000 + seed).choice(len(sample), size=min(n, len(sample)),
+                                                                  replace=False))
+            sub = oriented_scores({k: np.asarray(cols[k])[d] for k in COMPONENTS}, COMBINATIONS)
+            for name, sc in sub.items():
+                sc = np.where(np.isnan(sc), -np.inf, sc)
+                picks.setdefault(name, []).append(sample[int(d[np.argmax(sc)])])
+        out[str(n)] = {name: {**{ds: _summary([table.accuracy(a, ds) for a in ps]) for ds in TABLE_DATASETS},
+                              "archs": ps} for name, ps in picks.items()}
+    return out
+
+
 def run_correlation(out: dict, args: argparse.Namespace, images: torch.Tensor, table, save) -> None:
     archs = sorted(table.archs())
     n = len(archs) if args.all else args.cells
@@ -145,10 +173,16 @@ def run_correlation(out: dict, args: argparse.Namespace, images: torch.Tensor, t
         "combinations": {k: list(v) for k, v in COMBINATIONS.items()},
         "by_dataset": {d: rank_correlations(scores, [table.accuracy(a, d) for a in sample]) for d in TABLE_DATASETS},
     }
+    out["pick_best"] = pick_best(cols, sample, table, args.pick_n, args.seeds)
+    if args.columns:
+        np.savez(args.columns, archs=np.array(sample), **{k: np.asarray(cols[k]) for k in COMPONENTS})
     print(f"correlation over {n} cells, {cols['time_per_cell_s']:.2f} s/cell "
           f"({', '.join(f'{k} {v:.3f}' for k, v in cols['time_per_cell_s_by_component'].items())})", flush=True)
     for k, v in out["correlation"]["by_dataset"]["cifar10"].items():
         print(f"  {k:18s} tau {v['kendall_tau']:+.3f} rho {v['spearman_rho']:+.3f}", flush=True)
+    for n_pick, rec in out["pick_best"].items():
+        print(f"best of {n_pick} cells (cifar10 mean +/- std over {args.seeds} draws): " + ", ".join(
+            f"{k} {v['cifar10']['mean']:.2f}+/-{v['cifar10']['std']:.2f}" for k, v in rec.items()), flush=True)
     save()
 
 
@@ -160,8 +194,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preset", choices=sorted(PRESET_SETTINGS), default="paper", help="the searches' settings")
     p.add_argument("--couplings", default="frozen", help="TE-NAS searches: comma list of batch, frozen ('' = none)")
     p.add_argument("--combined-couplings", default="frozen", help="score: combined searches ('' = none)")
+    p.add_argument("--combined-components", default="",
+                   help="score: combined searches' components: a combination name of COMBINATIONS or a comma list "
+                        "('' = the default, pruning.COMBINED_DEFAULT)")
     p.add_argument("--cells", type=int, default=1000)
     p.add_argument("--all", action="store_true", help="correlate all 15,625 cells")
+    p.add_argument("--pick-n", default="100,1000", help="pick_best: draw sizes (comma list)")
+    p.add_argument("--columns", default=None, help="also save the components' columns to this .npz")
     p.add_argument("--sample-seed", type=int, default=0)
     p.add_argument("--score-repeats", type=int, default=1)
     p.add_argument("--score-coupling", default="frozen")
@@ -177,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     args.couplings = [c for c in args.couplings.split(",") if c]
+    args.pick_n = [int(n) for n in args.pick_n.split(",") if n]
     args.combined_couplings = [c for c in args.combined_couplings.split(",") if c]
     table_path = args.table or os.path.join(os.path.dirname(default_root("cifar10") or "../shared/data/x"),
                                             "nasbench201_full.csv")

@@ -14,7 +14,8 @@ Components (direction: higher is better unless noted), each from its paper:
 
 Scores (``TenasConfig.score``): ``"tenas"`` = the paper's rank combination of ``ntk_cond`` and
 ``linear_regions`` (``-(rank kappa asc + rank R desc)``); ``"combined"`` = AZ-NAS's log-rank sum
-(Lee & Ham, CVPR 2024, Eq. 9) of ``TenasConfig.components``.  Both rank a *set* of cells:
+(Lee & Ham, CVPR 2024, Eq. 9) of ``TenasConfig.components`` (default ``pruning.COMBINED_DEFAULT``: kappa, R,
+NASWOT, FLOPs and the three AZ-NAS components).  Both rank a *set* of cells:
 :func:`score_cells` returns the component columns, :func:`combine` the score, :func:`prefilter` the top-k.
 
 One cell alone (the sweep's ``tenas`` objective, :func:`reference_objective`): the paper's rank combination
