@@ -212,7 +212,7 @@ class Measurer:
         for c, child in enumerate(children):
             self.ntk_net.set_mask(child)
             vals: dict[str, list] = {n: [] for n in per_repeat}
-            for r in range(self.cfg.repeats if per_repeat or "synflow" in out else 0):
+            for r in range(self.cfg.repeats if per_repeat else int("synflow" in out)):  # synflow: repeat 0 only
                 ki, kb, _, _ = self.units(rnd, r, c)
                 if ki != self._ntk_key:
                     init_weights(self.ntk_net, self.ntk_init, _key_seed(self.cfg.seed, 2, *ki))
