@@ -165,7 +165,9 @@ def run_as_processes(cfg: SweepConfig, configs: list[dict], n: int) -> tuple[flo
     return time.perf_counter() - t0, per
 
 
-def bench_overhead(args, root: str) -> dict:
+def bench_overhead(args, root: str, save=lambda part: None) -> dict:
+    """The sweep, then the same searches as plain processes, then one after another; ``save(part)`` is called with
+    what is measured so far after each of the three (a long run cut off keeps its finished parts)."""
     import ray
 
     overrides = [f"storage_path={root}", "name=overhead", f"num_samples={args.trials}",
@@ -199,21 +201,24 @@ def bench_overhead(args, root: str) -> dict:
         return times
 
     in_trial = float(df["search_session_s"].sum())  # the searches' own time inside the trials
+    out_d = {"trials": args.trials, "concurrent": args.concurrent, "cpus": args.cpus, "epochs": args.epochs,
+             "ray_init_s": init_s, "sweep_s": sweep_s, "tune_fit_s": out.tune_time_s,
+             "in_trial_search_s": in_trial,
+             "orchestration_ratio": sweep_s / (in_trial / args.concurrent),
+             "per_epoch": read_profiles(prof), "loadavg_after_sweep": os.getloadavg()}
+    save(out_d)
     proc_s, proc_per = run_as_processes(cfg, configs, args.concurrent)
+    out_d.update({"processes_s": proc_s, "processes_per_search_s": proc_per,
+                  "overhead_ratio_vs_processes": sweep_s / proc_s,
+                  "overhead_ratio_vs_processes_tune_fit": out.tune_time_s / proc_s,
+                  "target_overhead_ratio_vs_processes": 1.05, "loadavg_after_processes": os.getloadavg()})
+    save(out_d)
     per = direct(1)  # what each trial runs: one search on one CPU
     seq = sum(per)
     ideal = seq / args.concurrent
-    out_d = {"trials": args.trials, "concurrent": args.concurrent, "cpus": args.cpus, "epochs": args.epochs,
-             "ray_init_s": init_s, "sweep_s": sweep_s, "tune_fit_s": out.tune_time_s,
-             "direct_per_search_s": per, "direct_sequential_s": seq, "direct_s": ideal,
-             "overhead_ratio": sweep_s / ideal, "overhead_ratio_tune_fit": out.tune_time_s / ideal,
-             "in_trial_search_s": in_trial,
-             "orchestration_ratio": sweep_s / (in_trial / args.concurrent),
-             "target_overhead_ratio": 1.10,
-             "processes_s": proc_s, "processes_per_search_s": proc_per,
-             "overhead_ratio_vs_processes": sweep_s / proc_s,
-             "overhead_ratio_vs_processes_tune_fit": out.tune_time_s / proc_s,
-             "target_overhead_ratio_vs_processes": 1.05, "per_epoch": read_profiles(prof)}
+    out_d.update({"direct_per_search_s": per, "direct_sequential_s": seq, "direct_s": ideal,
+                  "overhead_ratio": sweep_s / ideal, "overhead_ratio_tune_fit": out.tune_time_s / ideal,
+                  "target_overhead_ratio": 1.10})
     if args.direct_threads:
         per_t = direct(args.direct_threads)
         out_d.update({"direct_threads": args.direct_threads, "direct_multithread_s": sum(per_t),
@@ -422,8 +427,12 @@ def main(argv: list[str] | None = None) -> dict:
     res: dict = {"machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
                              "platform": platform.platform(), "loadavg_start": os.getloadavg()}}
     with tempfile.TemporaryDirectory(prefix="bench-sweep-") as root:
+        def save(part: dict) -> None:  # a partial result on disk after each measured part
+            res["overhead"] = dict(part, partial=True)
+            atomic_write_json(args.json, res)
+
         if not args.skip_overhead:
-            res["overhead"] = bench_overhead(args, root)
+            res["overhead"] = bench_overhead(args, root, save)
             o = res["overhead"]
             print(f"overhead: sweep {o['sweep_s']:.1f} s (tune fit {o['tune_fit_s']:.1f} s) vs the same searches run "
                   f"directly {o['direct_sequential_s']:.1f} s / {o['concurrent']} = {o['direct_s']:.1f} s -> "
