@@ -16,6 +16,7 @@ first).  #params: deterministic (the same cell for every seed).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -28,7 +29,7 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 from istanas.checkpoint import atomic_write_json  # noqa: E402
-from istanas.config import deep_merge, from_dict, preset_data  # noqa: E402
+from istanas.config import ConfigError, deep_merge, from_dict, merge_overrides, preset_data  # noqa: E402
 from istanas.methods import get_method  # noqa: E402
 from istanas.search import run_search  # noqa: E402
 from spaces.nb201 import TABLE_DATASETS  # noqa: E402
@@ -40,10 +41,27 @@ DEFAULT_TABLE = os.path.join(os.path.dirname(_ROOT), "shared", "data", "nasbench
 DERIVED = {"random_trained": ("random", "_trained")}
 
 
-def _config(method: str, preset: str, seed: int, device: str, budget_s: Optional[float] = None):
+def overrides_for(method: str, sets: list[str], fields: Optional[set] = None) -> list[str]:
+    """The ``--set`` overrides that reach ``method``: ``METHOD:KEY=VALUE`` that method only (a bench-only name such
+    as ``random_trained`` also takes its registry method's), ``KEY=VALUE`` every method whose config has the top
+    key ``KEY.split('.')[0]`` (all of ``fields`` when given)."""
+    names = {method, DERIVED[method][0]} if method in DERIVED else {method}
+    out = []
+    for text in sets:
+        head, _, rest = text.partition(":")
+        if rest and "=" not in head:
+            if head in names:
+                out.append(rest)
+        elif fields is None or text.split("=", 1)[0].split(".", 1)[0].strip() in fields:
+            out.append(text)
+    return out
+
+
+def _config(method: str, preset: str, seed: int, device: str, budget_s: Optional[float] = None,
+            sets: tuple[str, ...] = ()):
     if method in DERIVED:
         base, suffix = DERIVED[method]
-        cfg, name = _config(base, preset + suffix, seed, device)
+        cfg, name = _config(base, preset + suffix, seed, device, sets=tuple(overrides_for(method, list(sets))))
         cfg.device = device
         if budget_s is not None:
             cfg.time_budget_s = float(budget_s)
@@ -56,7 +74,9 @@ def _config(method: str, preset: str, seed: int, device: str, budget_s: Optional
         extra["device"] = device
     if method == "tenas":
         extra = {"seed": seed, "device": device, "tenas": {"space": "nb201"}}
-    return from_dict(m.config_cls, deep_merge(data, extra)), name
+    fields = {f.name for f in dataclasses.fields(m.config_cls)}
+    data = merge_overrides(deep_merge(data, extra), overrides_for(method, list(sets), fields))
+    return from_dict(m.config_cls, data), name
 
 
 def _stats(values: list) -> dict:
@@ -78,6 +98,9 @@ def main(argv=None) -> int:
                    help="registry methods, and random_trained (module doc)")
     p.add_argument("--random-budget-s", type=float, default=None, metavar="S",
                    help="random_trained's training budget per search (default: this run's mean two-stage wall time)")
+    p.add_argument("--set", action="append", default=[], metavar="[METHOD:]KEY=VALUE",
+                   help="override a preset value for every method (KEY=VALUE) or one (METHOD:KEY=VALUE), e.g. "
+                        "--set epochs=16 --set data.image_size=32 --set darts:arch_lr=3e-4; repeatable")
     args = p.parse_args(argv)
     for m in args.methods:
         if m not in DERIVED:
@@ -86,6 +109,23 @@ def main(argv=None) -> int:
             except ValueError as e:
                 print(f"--methods: {e}", file=sys.stderr)
                 return 2
+        try:  # every override must fit every method it reaches, before any search runs
+            _config(m, args.preset, args.seeds[0], args.device, 0.0 if m in DERIVED else None, tuple(args.set))
+        except (ConfigError, ValueError, TypeError) as e:
+            print(f"--set ({m}): {e}", file=sys.stderr)
+            return 2
+    for text in args.set:  # a KEY=VALUE no selected method has is a typo, not a no-op
+        if "=" not in text:
+            print(f"--set: expected [METHOD:]KEY=VALUE, got {text!r}", file=sys.stderr)
+            return 2
+        head = text.partition(":")[0]
+        if ":" in text and "=" not in head:
+            continue
+        key = text.split("=", 1)[0].split(".", 1)[0].strip()
+        if not any(key in {f.name for f in dataclasses.fields(get_method(DERIVED.get(m, (m,))[0]).config_cls)}
+                   for m in args.methods):
+            print(f"--set: no method in --methods has the key {key!r}", file=sys.stderr)
+            return 2
     if not os.path.isfile(args.table):
         print(f"--table: file not found: {args.table}", file=sys.stderr)
         return 2
@@ -99,7 +139,7 @@ def main(argv=None) -> int:
     # random_trained's budget may come from this run's two-stage searches: run it after them
     args.methods = [m for m in args.methods if m != "random_trained"] + \
         (["random_trained"] if "random_trained" in args.methods else [])
-    out = {"preset": args.preset, "seeds": args.seeds, "device": args.device, "table": args.table, "methods": {},
+    out = {"preset": args.preset, "set": args.set, "seeds": args.seeds, "device": args.device, "table": args.table, "methods": {},
            "loadavg_start": list(os.getloadavg())}
     for method in args.methods:
         runs = []
@@ -110,7 +150,7 @@ def main(argv=None) -> int:
                 budget = _stats([x["wall_time_s"] for x in out["methods"]["twostage"]["runs"]])["mean"]
             out["random_trained_budget_s"] = budget
         for seed in args.seeds:
-            cfg, name = _config(method, args.preset, seed, args.device, budget)
+            cfg, name = _config(method, args.preset, seed, args.device, budget, tuple(args.set))
             t0 = time.perf_counter()
             r = run_search(DERIVED[method][0] if method in DERIVED else method, cfg, table=args.table,
                            progress=False)

@@ -165,64 +165,101 @@ def run_as_processes(cfg: SweepConfig, configs: list[dict], n: int) -> tuple[flo
     return time.perf_counter() - t0, per
 
 
-def bench_overhead(args, root: str, save=lambda part: None) -> dict:
-    """The sweep, then the same searches as plain processes, then one after another; ``save(part)`` is called with
-    what is measured so far after each of the three (a long run cut off keeps its finished parts)."""
-    import ray
-
-    overrides = [f"storage_path={root}", "name=overhead", f"num_samples={args.trials}",
-                 f"max_concurrent={args.concurrent}", "asha.enabled=false", "retrain.top_k=0", "dashboard=false",
-                 "verbose=0", f"search.epochs={args.epochs}", "search.device=cpu", *args.set]
-    cfg = load_sweep_config(overrides=overrides)
-    prof = os.path.join(root, "profile-overhead")
-    os.makedirs(prof, exist_ok=True)
-    os.environ[PROFILE_DIR_ENV] = prof   # the local Ray's workers inherit it
-    t0 = time.perf_counter()
-    ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
-    init_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    out = run_sweep(cfg, search_fn=profiled_search, echo=False)
-    sweep_s = time.perf_counter() - t0
-    ray.shutdown()
-    os.environ.pop(PROFILE_DIR_ENV, None)
+def trial_start_order(experiment_path: str, trial_ids: list[str]) -> list[int]:
+    """Indices of ``trial_ids`` in the order Tune started the trials (first report's timestamp minus its
+    ``time_total_s``, from each trial's progress.csv)."""
     import pandas as pd
 
-    df = pd.read_parquet(out.table_parquet)
-    params = cfg.tune_param_names()
-    configs = [{p: row[f"config/{p}"] for p in params} for _, row in df.iterrows()]
+    start = {}
+    for path in glob.glob(os.path.join(experiment_path, "trial_*", "progress.csv")):
+        df = pd.read_csv(path)
+        if len(df) and "trial_id" in df.columns:
+            start[str(df["trial_id"].iloc[0])] = float(df["timestamp"].iloc[0] - df["time_total_s"].iloc[0])
+    return sorted(range(len(trial_ids)), key=lambda i: (start.get(trial_ids[i], float("inf")), i))
+
+
+def bench_overhead(args, root: str, save=lambda part: None) -> dict:
+    """``--repeats`` pairs of (the sweep, the same searches as plain processes in the order the sweep started
+    them), alternated so that drift in the machine's speed hits both alike; then the searches one after another
+    (the ideal split).  ``save(part)`` is called with what is measured so far after each run."""
+    import statistics
+
+    import pandas as pd
+    import ray
+
+    prof_root = os.path.join(root, "profile-overhead")
+    runs, cfg, configs = [], None, None
+    out_d: dict = {"trials": args.trials, "concurrent": args.concurrent, "cpus": args.cpus, "epochs": args.epochs,
+                   "repeats": args.repeats, "target_overhead_ratio_vs_processes": 1.05,
+                   "target_overhead_ratio": 1.10, "runs": runs}
+    for rep in range(args.repeats):
+        overrides = [f"storage_path={root}", f"name=overhead-{rep}", f"num_samples={args.trials}",
+                     f"max_concurrent={args.concurrent}", "asha.enabled=false", "retrain.top_k=0", "dashboard=false",
+                     "verbose=0", f"search.epochs={args.epochs}", "search.device=cpu", f"seed={rep}", *args.set]
+        cfg = load_sweep_config(overrides=overrides)
+        prof = os.path.join(prof_root, str(rep))
+        os.makedirs(prof, exist_ok=True)
+        os.environ[PROFILE_DIR_ENV] = prof   # the local Ray's workers inherit it
+        t0 = time.perf_counter()
+        ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
+        init_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        out = run_sweep(cfg, search_fn=profiled_search, echo=False)
+        sweep_s = time.perf_counter() - t0
+        ray.shutdown()
+        os.environ.pop(PROFILE_DIR_ENV, None)
+        df = pd.read_parquet(out.table_parquet)
+        params = cfg.tune_param_names()
+        order = trial_start_order(out.experiment_path, [str(t) for t in df["trial_id"]])
+        configs = [{p: df.iloc[i][f"config/{p}"] for p in params} for i in order]  # as the sweep started them
+        in_trial = float(df["search_session_s"].sum())  # the searches' own time inside the trials
+        run = {"repeat": rep, "ray_init_s": init_s, "sweep_s": sweep_s, "tune_fit_s": out.tune_time_s,
+               "in_trial_search_s": in_trial, "in_trial_per_search_s": [float(df.iloc[i]["search_session_s"])
+                                                                        for i in order],
+               "orchestration_ratio": sweep_s / (in_trial / args.concurrent), "per_epoch": read_profiles(prof),
+               "loadavg_after_sweep": os.getloadavg()}
+        runs.append(run)
+        save(out_d)
+        proc_s, proc_per = run_as_processes(cfg, configs, args.concurrent)
+        run.update({"processes_s": proc_s, "processes_per_search_s": proc_per,
+                    "overhead_ratio_vs_processes": sweep_s / proc_s,
+                    "overhead_ratio_vs_processes_tune_fit": out.tune_time_s / proc_s,
+                    "loadavg_after_processes": os.getloadavg()})
+        save(out_d)
+        print(f"overhead repeat {rep}: sweep {sweep_s:.1f} s (tune fit {out.tune_time_s:.1f} s, in-trial searches "
+              f"{[round(x) for x in run['in_trial_per_search_s']]} s) vs {args.concurrent} plain processes "
+              f"{proc_s:.1f} s ({[round(x) for x in proc_per]} s) -> {sweep_s / proc_s:.3f}", flush=True)
+    ratios = [r["overhead_ratio_vs_processes"] for r in runs]
+    last = runs[-1]
+    out_d.update({"ray_init_s": last["ray_init_s"], "sweep_s": last["sweep_s"], "tune_fit_s": last["tune_fit_s"],
+                  "in_trial_search_s": last["in_trial_search_s"], "orchestration_ratio": last["orchestration_ratio"],
+                  "processes_s": last["processes_s"], "per_epoch": last["per_epoch"],
+                  "overhead_ratio_vs_processes": statistics.median(ratios),
+                  "overhead_ratio_vs_processes_runs": ratios,
+                  "overhead_ratio_vs_processes_tune_fit": statistics.median(
+                      r["overhead_ratio_vs_processes_tune_fit"] for r in runs)})
+    save(out_d)
+    if args.skip_direct:
+        return out_d
+
     def direct(threads: int) -> list[float]:
         torch.set_num_threads(threads)
         times = []
         for c in configs:
-            c = _conv(c)
             s0 = time.perf_counter()
-            run_search(cfg.method, build_search_config(cfg, c), progress=False)
+            run_search(cfg.method, build_search_config(cfg, _conv(c)), progress=False)
             times.append(time.perf_counter() - s0)
         return times
 
-    in_trial = float(df["search_session_s"].sum())  # the searches' own time inside the trials
-    out_d = {"trials": args.trials, "concurrent": args.concurrent, "cpus": args.cpus, "epochs": args.epochs,
-             "ray_init_s": init_s, "sweep_s": sweep_s, "tune_fit_s": out.tune_time_s,
-             "in_trial_search_s": in_trial,
-             "orchestration_ratio": sweep_s / (in_trial / args.concurrent),
-             "per_epoch": read_profiles(prof), "loadavg_after_sweep": os.getloadavg()}
-    save(out_d)
-    proc_s, proc_per = run_as_processes(cfg, configs, args.concurrent)
-    out_d.update({"processes_s": proc_s, "processes_per_search_s": proc_per,
-                  "overhead_ratio_vs_processes": sweep_s / proc_s,
-                  "overhead_ratio_vs_processes_tune_fit": out.tune_time_s / proc_s,
-                  "target_overhead_ratio_vs_processes": 1.05, "loadavg_after_processes": os.getloadavg()})
-    save(out_d)
     per = direct(1)  # what each trial runs: one search on one CPU
     seq = sum(per)
     ideal = seq / args.concurrent
     out_d.update({"direct_per_search_s": per, "direct_sequential_s": seq, "direct_s": ideal,
-                  "overhead_ratio": sweep_s / ideal, "overhead_ratio_tune_fit": out.tune_time_s / ideal,
-                  "target_overhead_ratio": 1.10})
+                  "overhead_ratio": last["sweep_s"] / ideal, "overhead_ratio_tune_fit": last["tune_fit_s"] / ideal})
     if args.direct_threads:
         per_t = direct(args.direct_threads)
         out_d.update({"direct_threads": args.direct_threads, "direct_multithread_s": sum(per_t),
-                      "overhead_ratio_vs_multithread": sweep_s / sum(per_t)})
+                      "overhead_ratio_vs_multithread": last["sweep_s"] / sum(per_t)})
     return out_d
 
 
@@ -403,6 +440,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray, and torch threads of the baseline")
     ap.add_argument("--epochs", type=int, default=3, help="epochs of each search")
     ap.add_argument("--set", action="append", default=[], help="extra sweep overrides (key=value)")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="overhead: alternate this many (sweep, plain processes) pairs; the ratio is their median")
+    ap.add_argument("--skip-direct", action="store_true",
+                    help="overhead: skip the one-after-another run (overhead_ratio, the ideal split)")
     ap.add_argument("--direct-threads", type=int, default=0,
                     help="also time the searches one after another with this many torch threads (0 = skip)")
     ap.add_argument("--nodes", type=int, default=3, help="simulated worker nodes (2 CPUs each)")
@@ -422,6 +463,8 @@ def main(argv: list[str] | None = None) -> dict:
     for kv in args.tune_env:
         if "=" not in kv or not kv.split("=", 1)[0].startswith("TUNE_"):
             ap.error(f"--tune-env: expected TUNE_NAME=VALUE, got {kv!r}")
+    if args.repeats < 1:
+        ap.error(f"--repeats: must be >= 1, got {args.repeats}")
     if args.scale:
         args.skip_overhead = args.skip_throughput = True
     res: dict = {"machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
@@ -434,14 +477,15 @@ def main(argv: list[str] | None = None) -> dict:
         if not args.skip_overhead:
             res["overhead"] = bench_overhead(args, root, save)
             o = res["overhead"]
-            print(f"overhead: sweep {o['sweep_s']:.1f} s (tune fit {o['tune_fit_s']:.1f} s) vs the same searches run "
-                  f"directly {o['direct_sequential_s']:.1f} s / {o['concurrent']} = {o['direct_s']:.1f} s -> "
-                  f"overhead_ratio {o['overhead_ratio']:.3f} (target <= 1.10); ray.init {o['ray_init_s']:.1f} s; "
-                  f"sweep / (time inside the trials' searches / {o['concurrent']}) = "
-                  f"{o['orchestration_ratio']:.3f}; the same searches as {o['concurrent']} plain processes "
-                  f"{o['processes_s']:.1f} s -> overhead_ratio_vs_processes {o['overhead_ratio_vs_processes']:.3f} "
-                  f"(target <= 1.05); per epoch: {o['per_epoch']}",
-                  flush=True)
+            ideal = (f"vs the same searches run directly {o['direct_sequential_s']:.1f} s / {o['concurrent']} = "
+                     f"{o['direct_s']:.1f} s -> overhead_ratio {o['overhead_ratio']:.3f} (target <= 1.10); "
+                     if "direct_s" in o else "")
+            print(f"overhead: sweep {o['sweep_s']:.1f} s (tune fit {o['tune_fit_s']:.1f} s) {ideal}ray.init "
+                  f"{o['ray_init_s']:.1f} s; sweep / (time inside the trials' searches / {o['concurrent']}) = "
+                  f"{o['orchestration_ratio']:.3f}; overhead_ratio_vs_processes (median of "
+                  f"{len(o['overhead_ratio_vs_processes_runs'])}) {o['overhead_ratio_vs_processes']:.3f} "
+                  f"{[round(r, 3) for r in o['overhead_ratio_vs_processes_runs']]} (target <= 1.05); per epoch: "
+                  f"{o['per_epoch']}", flush=True)
         if not args.skip_throughput:
             res["throughput"] = bench_throughput(args, root)
             t = res["throughput"]

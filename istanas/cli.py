@@ -56,7 +56,8 @@ def add_common_args(parser: argparse.ArgumentParser, *, default_out: str) -> Non
                         f"(run_info.json) but for --allow-change keys")
     g.add_argument("--allow-change", metavar="KEY", action="append", default=[], dest="allow_change",
                    help="with --resume: let this config key (dotted, e.g. epochs) differ from the recorded run's; "
-                        "repeatable.  More epochs on a finished run then really train")
+                        "repeatable.  More epochs on a finished run then really train, the learning-rate schedule "
+                        "recomputed over the new total (cosine: a warm restart)")
     g.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None,
                    help="where to train (default: the config's value, normally auto = CUDA when available)")
     g.add_argument("--seed", type=int, default=None, metavar="N", help="random seed (default: the config's value)")
