@@ -213,7 +213,7 @@ def bench_overhead(args, root: str, save=lambda part: None) -> dict:
         order = trial_start_order(out.experiment_path, [str(t) for t in df["trial_id"]])
         configs = [{p: df.iloc[i][f"config/{p}"] for p in params} for i in order]  # as the sweep started them
         in_trial = float(df["search_session_s"].sum())  # the searches' own time inside the trials
-        run = {"repeat": rep, "ray_init_s": init_s, "sweep_s": sweep_s, "tune_fit_s": out.tune_time_s,
+        run = {"repeat": rep, "configs": [_conv(c) for c in configs], "ray_init_s": init_s, "sweep_s": sweep_s, "tune_fit_s": out.tune_time_s,
                "in_trial_search_s": in_trial, "in_trial_per_search_s": [float(df.iloc[i]["search_session_s"])
                                                                         for i in order],
                "orchestration_ratio": sweep_s / (in_trial / args.concurrent), "per_epoch": read_profiles(prof),
