@@ -19,7 +19,7 @@ import torch
 from istanas.cell_space import NB201_RECOVERY, cell_space
 from istanas.config import ConfigError, deep_merge, from_dict, preset_data
 from istanas.darts import DartsConfig
-from istanas.data import Loaders
+from istanas.data import Loaders, shared_data_dir
 from istanas.ista.compressed import CompressedSpace, RecoveryConfig
 from istanas.ista.onestage import OneStageConfig
 from istanas.ista.twostage import TwoStageConfig
@@ -34,8 +34,7 @@ from spaces.nb201 import CSV_ARCH_COLUMN, CSV_COLUMNS, make_arch_str
 from spaces.ops import NB201_PRIMITIVES
 
 K = 4
-SHARED_CSV = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data",
-                          "nasbench201_full.csv")
+SHARED_CSV = os.path.join(shared_data_dir() or os.devnull, "nasbench201_full.csv")  # $ISTANAS_SHARED_DATA too
 
 
 def _nb201_space(s: int = 3, seed: int = 0) -> CompressedSpace:
