@@ -30,38 +30,50 @@ if _ROOT not in sys.path:
 
 from istanas.checkpoint import atomic_write_json  # noqa: E402
 from istanas.config import ConfigError, deep_merge, from_dict, merge_overrides, preset_data  # noqa: E402
+from istanas.data import shared_data_dir  # noqa: E402
 from istanas.methods import get_method  # noqa: E402
 from istanas.search import run_search  # noqa: E402
 from spaces.nb201 import TABLE_DATASETS  # noqa: E402
 
-DEFAULT_TABLE = os.path.join(os.path.dirname(_ROOT), "shared", "data", "nasbench201_full.csv")
+DEFAULT_TABLE = os.path.join(shared_data_dir() or os.path.join(os.path.dirname(_ROOT), "shared", "data"),
+                             "nasbench201_full.csv")   # $ISTANAS_SHARED_DATA, else ../shared/data
 
 
 #: Bench-only method names -> (registry method, preset suffix).
 DERIVED = {"random_trained": ("random", "_trained")}
 
 
-def overrides_for(method: str, sets: list[str], fields: Optional[set] = None) -> list[str]:
-    """The ``--set`` overrides that reach ``method``: ``METHOD:KEY=VALUE`` that method only (a bench-only name such
-    as ``random_trained`` also takes its registry method's), ``KEY=VALUE`` every method whose config has the top
-    key ``KEY.split('.')[0]`` (all of ``fields`` when given)."""
-    names = {method, DERIVED[method][0]} if method in DERIVED else {method}
+def parse_set(text: str) -> tuple[Optional[str], str, str]:
+    """``[METHOD:]KEY=VALUE`` -> (METHOD or None, KEY's top-level field, ``KEY=VALUE``); ``ValueError`` if no ``=``."""
+    head, sep, rest = text.partition(":")
+    method, override = (head.strip(), rest) if sep and "=" not in head else (None, text)
+    if "=" not in override:
+        raise ValueError(f"expected [METHOD:]KEY=VALUE, got {text!r}")
+    return method, override.split("=", 1)[0].split(".", 1)[0].strip(), override
+
+
+def overrides_for(method: str, sets: tuple[str, ...], fields: set[str]) -> list[str]:
+    """The ``--set`` overrides that reach registry method ``method`` (config fields ``fields``):
+    ``METHOD:KEY=VALUE`` that method only, ``KEY=VALUE`` every method whose config has the top-level field ``KEY``
+    (:func:`_config` hands a bench-only name's, e.g. ``random_trained:``, to its registry method)."""
     out = []
     for text in sets:
-        head, _, rest = text.partition(":")
-        if rest and "=" not in head:
-            if head in names:
-                out.append(rest)
-        elif fields is None or text.split("=", 1)[0].split(".", 1)[0].strip() in fields:
-            out.append(text)
+        target, key, override = parse_set(text)
+        if target == method if target is not None else key in fields:
+            out.append(override)
     return out
+
+
+def _fields(method: str) -> set[str]:
+    return {f.name for f in dataclasses.fields(get_method(DERIVED.get(method, (method,))[0]).config_cls)}
 
 
 def _config(method: str, preset: str, seed: int, device: str, budget_s: Optional[float] = None,
             sets: tuple[str, ...] = ()):
     if method in DERIVED:
         base, suffix = DERIVED[method]
-        cfg, name = _config(base, preset + suffix, seed, device, sets=tuple(overrides_for(method, list(sets))))
+        renamed = tuple(f"{base}:{t.partition(':')[2]}" if parse_set(t)[0] == method else t for t in sets)
+        cfg, name = _config(base, preset + suffix, seed, device, sets=renamed)
         cfg.device = device
         if budget_s is not None:
             cfg.time_budget_s = float(budget_s)
@@ -74,8 +86,7 @@ def _config(method: str, preset: str, seed: int, device: str, budget_s: Optional
         extra["device"] = device
     if method == "tenas":
         extra = {"seed": seed, "device": device, "tenas": {"space": "nb201"}}
-    fields = {f.name for f in dataclasses.fields(m.config_cls)}
-    data = merge_overrides(deep_merge(data, extra), overrides_for(method, list(sets), fields))
+    data = merge_overrides(deep_merge(data, extra), overrides_for(method, sets, _fields(method)))
     return from_dict(m.config_cls, data), name
 
 
@@ -109,22 +120,23 @@ def main(argv=None) -> int:
             except ValueError as e:
                 print(f"--methods: {e}", file=sys.stderr)
                 return 2
-        try:  # every override must fit every method it reaches, before any search runs
+    for text in args.set:  # a typo is an error, not a no-op
+        try:
+            target, key, _ = parse_set(text)
+        except ValueError as e:
+            print(f"--set: {e}", file=sys.stderr)
+            return 2
+        if target is not None and target not in args.methods + [DERIVED.get(m, (m,))[0] for m in args.methods]:
+            print(f"--set {text!r}: {target!r} is not in --methods {args.methods}", file=sys.stderr)
+            return 2
+        if target is None and not any(key in _fields(m) for m in args.methods):
+            print(f"--set: no method in --methods has the key {key!r}", file=sys.stderr)
+            return 2
+    for m in args.methods:  # every override must fit every method it reaches, before any search runs
+        try:
             _config(m, args.preset, args.seeds[0], args.device, 0.0 if m in DERIVED else None, tuple(args.set))
         except (ConfigError, ValueError, TypeError) as e:
             print(f"--set ({m}): {e}", file=sys.stderr)
-            return 2
-    for text in args.set:  # a KEY=VALUE no selected method has is a typo, not a no-op
-        if "=" not in text:
-            print(f"--set: expected [METHOD:]KEY=VALUE, got {text!r}", file=sys.stderr)
-            return 2
-        head = text.partition(":")[0]
-        if ":" in text and "=" not in head:
-            continue
-        key = text.split("=", 1)[0].split(".", 1)[0].strip()
-        if not any(key in {f.name for f in dataclasses.fields(get_method(DERIVED.get(m, (m,))[0]).config_cls)}
-                   for m in args.methods):
-            print(f"--set: no method in --methods has the key {key!r}", file=sys.stderr)
             return 2
     if not os.path.isfile(args.table):
         print(f"--table: file not found: {args.table}", file=sys.stderr)
@@ -139,8 +151,8 @@ def main(argv=None) -> int:
     # random_trained's budget may come from this run's two-stage searches: run it after them
     args.methods = [m for m in args.methods if m != "random_trained"] + \
         (["random_trained"] if "random_trained" in args.methods else [])
-    out = {"preset": args.preset, "set": args.set, "seeds": args.seeds, "device": args.device, "table": args.table, "methods": {},
-           "loadavg_start": list(os.getloadavg())}
+    out = {"preset": args.preset, "set": args.set, "seeds": args.seeds, "device": args.device, "table": args.table,
+           "methods": {}, "loadavg_start": list(os.getloadavg())}
     for method in args.methods:
         runs = []
         budget = None

@@ -188,7 +188,7 @@ def bench_overhead(args, root: str, save=lambda part: None) -> dict:
     import ray
 
     prof_root = os.path.join(root, "profile-overhead")
-    runs, cfg, configs = [], None, None
+    runs: list[dict] = []
     out_d: dict = {"trials": args.trials, "concurrent": args.concurrent, "cpus": args.cpus, "epochs": args.epochs,
                    "repeats": args.repeats, "target_overhead_ratio_vs_processes": 1.05,
                    "target_overhead_ratio": 1.10, "runs": runs}
@@ -211,11 +211,11 @@ def bench_overhead(args, root: str, save=lambda part: None) -> dict:
         df = pd.read_parquet(out.table_parquet)
         params = cfg.tune_param_names()
         order = trial_start_order(out.experiment_path, [str(t) for t in df["trial_id"]])
-        configs = [{p: df.iloc[i][f"config/{p}"] for p in params} for i in order]  # as the sweep started them
+        configs = [_conv({p: df.iloc[i][f"config/{p}"] for p in params}) for i in order]  # as the sweep started them
         in_trial = float(df["search_session_s"].sum())  # the searches' own time inside the trials
-        run = {"repeat": rep, "configs": [_conv(c) for c in configs], "ray_init_s": init_s, "sweep_s": sweep_s, "tune_fit_s": out.tune_time_s,
-               "in_trial_search_s": in_trial, "in_trial_per_search_s": [float(df.iloc[i]["search_session_s"])
-                                                                        for i in order],
+        run = {"repeat": rep, "configs": configs, "ray_init_s": init_s, "sweep_s": sweep_s,
+               "tune_fit_s": out.tune_time_s, "in_trial_search_s": in_trial,
+               "in_trial_per_search_s": [float(df.iloc[i]["search_session_s"]) for i in order],
                "orchestration_ratio": sweep_s / (in_trial / args.concurrent), "per_epoch": read_profiles(prof),
                "loadavg_after_sweep": os.getloadavg()}
         runs.append(run)
@@ -247,7 +247,7 @@ def bench_overhead(args, root: str, save=lambda part: None) -> dict:
         times = []
         for c in configs:
             s0 = time.perf_counter()
-            run_search(cfg.method, build_search_config(cfg, _conv(c)), progress=False)
+            run_search(cfg.method, build_search_config(cfg, c), progress=False)
             times.append(time.perf_counter() - s0)
         return times
 

@@ -41,7 +41,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from istanas.data import DataConfig, image_batch  # noqa: E402
+from istanas.data import DataConfig, image_batch, shared_data_dir  # noqa: E402
 from istanas.tenas.indicators import gram_condition, init_weights, ntk_jacobian, ntk_jacobian_loop  # noqa: E402
 from istanas.tenas.job import TENAS_PRESETS, TenasConfig, correlation_study, tenas_search  # noqa: E402
 from istanas.tenas.proxies import build_proxies  # noqa: E402
@@ -178,8 +178,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--json", required=True, help="where to write the results")
     ap.add_argument("--device", default="cpu")
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    ap.add_argument("--data-dir", default=os.environ.get("ISTANAS_SHARED_DATA",
-                                                          os.path.join(here, "..", "shared", "data")))
+    ap.add_argument("--data-dir", default=shared_data_dir() or os.path.join(here, "..", "shared", "data"),
+                    help="the shared data folder (default: $ISTANAS_SHARED_DATA, else ../shared/data)")
     ap.add_argument("--images-npy", default=None, help="uint8 [N, 32, 32, 3] array (numpy.save), instead of the zip")
     ap.add_argument("--save-images-npy", default=None, help="write the loaded uint8 images there and continue")
     ap.add_argument("--num-images", type=int, default=2000)
