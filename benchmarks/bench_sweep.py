@@ -27,7 +27,10 @@
    without Ray (a ``multiprocessing`` spawn pool, one torch thread each, the searches handed out one at a time as
    slots free up, like the sweep's trials): ``overhead_ratio_vs_processes = sweep time / processes time``.  The
    processes share the cores exactly as the trials do, so this ratio is what Ray and Tune add, without the
-   contention that ``overhead_ratio`` (against the ideal split) also charges.
+   contention that ``overhead_ratio`` (against the ideal split) also charges.  ``--repeats R`` runs R such pairs
+   with one Optuna seed (the same configs each time), the order alternated (sweep then processes, processes then
+   sweep, ...) so a drift of the machine's speed favours neither; the ratio is the median, and
+   ``per_search_ratio_median`` compares each search inside its trial with the same config as a process.
 4. Scale (``--scale``).  ``--scale-trials`` (1,000) stand-in trials of ``--scale-epochs`` x ``--scale-epoch-s``
    seconds on a simulated cluster (``ray.cluster_utils.Cluster``) of ``--scale-nodes`` (8) worker nodes of 2 CPUs:
    trials per second over ``Tuner.fit`` against the ideal (slots / trial duration), the same over the middle
@@ -98,20 +101,20 @@ def _timed_hook(on_epoch_end, hook_s: list):
     return hook
 
 
-def _write_profile(kind: str, hook_s: list, total_s: float) -> None:
+def _write_profile(kind: str, hook_s: list, total_s: float, cpu_s: float = 0.0) -> None:
     d = os.environ.get(PROFILE_DIR_ENV)
     if d:
         atomic_write_json(os.path.join(d, f"{kind}-{os.getpid()}-{time.time_ns()}.json"),
-                          {"hook_s": hook_s, "total_s": total_s, "t_end": time.time()})
+                          {"hook_s": hook_s, "total_s": total_s, "cpu_s": cpu_s, "t_end": time.time()})
 
 
 def profiled_search(cfg, *, data=None, on_epoch_end=None, resume=None, progress=False):
     """The two-stage search (``run_search``) with its ``on_epoch_end`` hook timed (``$ISTANAS_BENCH_PROFILE_DIR``)."""
     hook_s: list = []
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.thread_time()
     out = run_search("twostage", cfg, data=data, on_epoch_end=_timed_hook(on_epoch_end, hook_s), resume=resume,
                      progress=progress)
-    _write_profile("search", hook_s, time.perf_counter() - t0)
+    _write_profile("search", hook_s, time.perf_counter() - t0, time.thread_time() - c0)
     return out
 
 
@@ -126,43 +129,47 @@ def profiled_short_search(cfg, *, data=None, on_epoch_end=None, resume=None, pro
 
 def read_profiles(d: str) -> dict:
     """Per-epoch hook time against the searches' own epoch time, over every profile file in ``d``."""
-    hooks, totals, epochs = [], 0.0, 0
+    hooks, totals, epochs, cpu = [], 0.0, 0, 0.0
     for name in sorted(os.listdir(d)):
         if name.endswith(".json"):
             with open(os.path.join(d, name), encoding="utf-8") as f:
                 p = json.load(f)
             hooks += p["hook_s"]
             totals += p["total_s"]
+            cpu += p.get("cpu_s", 0.0)
             epochs += len(p["hook_s"])
     if not epochs:
         return {}
     own = (totals - sum(hooks)) / epochs
     return {"epochs_profiled": epochs, "hook_s_per_epoch": sum(hooks) / epochs,
-            "hook_s_max": max(hooks), "search_epoch_s": own, "hook_share": sum(hooks) / max(totals, 1e-9)}
+            "hook_s_max": max(hooks), "search_epoch_s": own, "hook_share": sum(hooks) / max(totals, 1e-9),
+            "search_thread_cpu_s": cpu, "search_wall_s": totals}
 
 
 def _conv(c: dict) -> dict:
     return {k: (int(v) if k in ("s", "m") or k.startswith("m_") else float(v)) for k, v in c.items()}
 
 
-def _process_search(job: tuple[dict, dict]) -> float:
-    """One search in a plain worker process (no Ray): one torch thread, as in a trial; returns its seconds."""
+def _process_search(job: tuple[dict, dict]) -> tuple[float, float]:
+    """One search in a plain worker process (no Ray): one torch thread, as in a trial; returns its (wall, CPU
+    seconds of the thread that ran it)."""
     sweep_dict, config = job
     torch.set_num_threads(1)
     cfg = SweepConfig.from_dict(sweep_dict)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.thread_time()
     run_search(cfg.method, build_search_config(cfg, config), progress=False)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.thread_time() - c0
 
 
-def run_as_processes(cfg: SweepConfig, configs: list[dict], n: int) -> tuple[float, list[float]]:
-    """(wall seconds, per-search seconds) of ``configs`` run by ``n`` spawned worker processes, one search at a
-    time each, handed out as processes free up (start-up and imports of the workers included)."""
+def run_as_processes(cfg: SweepConfig, configs: list[dict], n: int) -> tuple[float, list[float], list[float]]:
+    """(wall seconds, per-search wall seconds, per-search thread CPU seconds) of ``configs`` run by ``n`` spawned
+    worker processes, one search at a time each, handed out as processes free up (start-up and imports of the
+    workers included)."""
     ctx = multiprocessing.get_context("spawn")
     t0 = time.perf_counter()
     with ctx.Pool(n) as pool:
         per = list(pool.imap(_process_search, [(cfg.to_dict(), _conv(c)) for c in configs], chunksize=1))
-    return time.perf_counter() - t0, per
+    return time.perf_counter() - t0, [w for w, _ in per], [c for _, c in per]
 
 
 def trial_start_order(experiment_path: str, trial_ids: list[str]) -> list[int]:
@@ -178,57 +185,110 @@ def trial_start_order(experiment_path: str, trial_ids: list[str]) -> list[int]:
     return sorted(range(len(trial_ids)), key=lambda i: (start.get(trial_ids[i], float("inf")), i))
 
 
-def bench_overhead(args, root: str, save=lambda part: None) -> dict:
-    """``--repeats`` pairs of (the sweep, the same searches as plain processes in the order the sweep started
-    them), alternated so that drift in the machine's speed hits both alike; then the searches one after another
-    (the ideal split).  ``save(part)`` is called with what is measured so far after each run."""
-    import statistics
-
+def _sweep_part(cfg: SweepConfig, args, prof: str) -> dict:
+    """One timed sweep on a fresh local Ray (``ray.init`` timed apart): its configs in the order the trials
+    started, the searches' own time inside the trials, and the per-epoch hook profile."""
     import pandas as pd
     import ray
 
+    os.makedirs(prof, exist_ok=True)
+    os.environ[PROFILE_DIR_ENV] = prof   # the local Ray's workers inherit it
+    t0 = time.perf_counter()
+    ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
+    init_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    out = run_sweep(cfg, search_fn=profiled_search, echo=False)
+    sweep_s = time.perf_counter() - t0
+    ray.shutdown()
+    os.environ.pop(PROFILE_DIR_ENV, None)
+    df = pd.read_parquet(out.table_parquet)
+    params = cfg.tune_param_names()
+    order = trial_start_order(out.experiment_path, [str(t) for t in df["trial_id"]])
+    in_trial = float(df["search_session_s"].sum())  # the searches' own time inside the trials
+    return {"configs": [_conv({p: df.iloc[i][f"config/{p}"] for p in params}) for i in order],
+            "ray_init_s": init_s, "sweep_s": sweep_s, "tune_fit_s": out.tune_time_s, "in_trial_search_s": in_trial,
+            "in_trial_per_search_s": [float(df.iloc[i]["search_session_s"]) for i in order],
+            "orchestration_ratio": sweep_s / (in_trial / args.concurrent), "per_epoch": read_profiles(prof),
+            "loadavg_after_sweep": os.getloadavg()}
+
+
+def _processes_part(cfg: SweepConfig, configs: list[dict], n: int) -> dict:
+    proc_s, proc_per, proc_cpu = run_as_processes(cfg, configs, n)
+    return {"processes_s": proc_s, "processes_per_search_s": proc_per, "processes_per_search_cpu_s": proc_cpu,
+            "loadavg_after_processes": os.getloadavg()}
+
+
+def _config_key(c: dict) -> tuple:
+    return tuple(sorted((k, round(float(v), 12)) for k, v in c.items()))
+
+
+def _same_configs(a: list[dict], b: list[dict]) -> bool:
+    """Whether two config lists hold the same searches in the same order (floats to 12 digits)."""
+    return [_config_key(c) for c in a] == [_config_key(c) for c in b]
+
+
+def _per_search_ratio(run: dict, proc_configs: list[dict]) -> Optional[float]:
+    """Median over the searches of (time inside its trial / time as a plain process), each search paired with
+    the process that ran the same config; None if the sweep ran configs the processes did not."""
+    proc = {_config_key(c): t for c, t in zip(proc_configs, run["processes_per_search_s"])}
+    pairs = [(t, proc.get(_config_key(c))) for c, t in zip(run["configs"], run["in_trial_per_search_s"])]
+    if any(p is None for _, p in pairs):
+        return None
+    return statistics.median(t / p for t, p in pairs)
+
+
+def _median_or_none(xs) -> Optional[float]:
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def bench_overhead(args, root: str, save=lambda part: None) -> dict:
+    """``--repeats`` pairs of (the sweep, the same searches as plain processes in the order the sweep started
+    them), the order alternated (sweep first, then processes first, ...) so that a drift in the machine's speed
+    favours neither; then the searches one after another (the ideal split).  ``save(part)`` is called with what
+    is measured so far after each part."""
     prof_root = os.path.join(root, "profile-overhead")
     runs: list[dict] = []
     out_d: dict = {"trials": args.trials, "concurrent": args.concurrent, "cpus": args.cpus, "epochs": args.epochs,
                    "repeats": args.repeats, "target_overhead_ratio_vs_processes": 1.05,
                    "target_overhead_ratio": 1.10, "runs": runs}
+    configs: list[dict] = []
     for rep in range(args.repeats):
+        # One Optuna seed for every repeat: each sweep suggests the same configs.  Odd repeats run the processes
+        # first (with the configs, in the start order, of the previous sweep), so a drift of the machine's speed
+        # over the run favours neither side (A B B A ...).
+        processes_first = rep % 2 == 1
         overrides = [f"storage_path={root}", f"name=overhead-{rep}", f"num_samples={args.trials}",
                      f"max_concurrent={args.concurrent}", "asha.enabled=false", "retrain.top_k=0", "dashboard=false",
-                     "verbose=0", f"search.epochs={args.epochs}", "search.device=cpu", f"seed={rep}", *args.set]
+                     "verbose=0", f"search.epochs={args.epochs}", "search.device=cpu", "seed=0", *args.set]
         cfg = load_sweep_config(overrides=overrides)
-        prof = os.path.join(prof_root, str(rep))
-        os.makedirs(prof, exist_ok=True)
-        os.environ[PROFILE_DIR_ENV] = prof   # the local Ray's workers inherit it
-        t0 = time.perf_counter()
-        ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
-        init_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        out = run_sweep(cfg, search_fn=profiled_search, echo=False)
-        sweep_s = time.perf_counter() - t0
-        ray.shutdown()
-        os.environ.pop(PROFILE_DIR_ENV, None)
-        df = pd.read_parquet(out.table_parquet)
-        params = cfg.tune_param_names()
-        order = trial_start_order(out.experiment_path, [str(t) for t in df["trial_id"]])
-        configs = [_conv({p: df.iloc[i][f"config/{p}"] for p in params}) for i in order]  # as the sweep started them
-        in_trial = float(df["search_session_s"].sum())  # the searches' own time inside the trials
-        run = {"repeat": rep, "configs": configs, "ray_init_s": init_s, "sweep_s": sweep_s,
-               "tune_fit_s": out.tune_time_s, "in_trial_search_s": in_trial,
-               "in_trial_per_search_s": [float(df.iloc[i]["search_session_s"]) for i in order],
-               "orchestration_ratio": sweep_s / (in_trial / args.concurrent), "per_epoch": read_profiles(prof),
-               "loadavg_after_sweep": os.getloadavg()}
+        run: dict = {"repeat": rep, "order": "processes, sweep" if processes_first else "sweep, processes"}
         runs.append(run)
+        if processes_first:
+            run.update(_processes_part(cfg, configs, args.concurrent))
+            save(out_d)
+        run.update(_sweep_part(cfg, args, os.path.join(prof_root, str(rep))))
+        proc_configs = configs if processes_first else run["configs"]
+        run["configs_match_processes"] = _same_configs(run["configs"], proc_configs)
+        configs = run["configs"]
         save(out_d)
-        proc_s, proc_per = run_as_processes(cfg, configs, args.concurrent)
-        run.update({"processes_s": proc_s, "processes_per_search_s": proc_per,
-                    "overhead_ratio_vs_processes": sweep_s / proc_s,
-                    "overhead_ratio_vs_processes_tune_fit": out.tune_time_s / proc_s,
-                    "loadavg_after_processes": os.getloadavg()})
+        if not processes_first:
+            run.update(_processes_part(cfg, configs, args.concurrent))
+        sweep_s, proc_s = run["sweep_s"], run["processes_s"]
+        run.update({"overhead_ratio_vs_processes": sweep_s / proc_s,
+                    "overhead_ratio_vs_processes_tune_fit": run["tune_fit_s"] / proc_s,
+                    "per_search_ratio_median": _per_search_ratio(run, proc_configs)})
+        cpu_trials, wall_trials = run["per_epoch"].get("search_thread_cpu_s"), run["per_epoch"].get("search_wall_s")
+        if cpu_trials:  # the same searches' CPU time: inside the trials against as processes (more work, or waits?)
+            cpu_proc = sum(run["processes_per_search_cpu_s"])
+            run.update({"search_cpu_ratio": cpu_trials / cpu_proc,
+                        "trial_search_cpu_per_wall": cpu_trials / wall_trials,
+                        "process_search_cpu_per_wall": cpu_proc / sum(run["processes_per_search_s"])})
         save(out_d)
-        print(f"overhead repeat {rep}: sweep {sweep_s:.1f} s (tune fit {out.tune_time_s:.1f} s, in-trial searches "
-              f"{[round(x) for x in run['in_trial_per_search_s']]} s) vs {args.concurrent} plain processes "
-              f"{proc_s:.1f} s ({[round(x) for x in proc_per]} s) -> {sweep_s / proc_s:.3f}", flush=True)
+        print(f"overhead repeat {rep} ({run['order']}): sweep {sweep_s:.1f} s (tune fit {run['tune_fit_s']:.1f} s, "
+              f"in-trial searches {[round(x) for x in run['in_trial_per_search_s']]} s) vs {args.concurrent} plain "
+              f"processes {proc_s:.1f} s ({[round(x) for x in run['processes_per_search_s']]} s) -> "
+              f"{sweep_s / proc_s:.3f}", flush=True)
     ratios = [r["overhead_ratio_vs_processes"] for r in runs]
     last = runs[-1]
     out_d.update({"ray_init_s": last["ray_init_s"], "sweep_s": last["sweep_s"], "tune_fit_s": last["tune_fit_s"],
@@ -236,6 +296,7 @@ def bench_overhead(args, root: str, save=lambda part: None) -> dict:
                   "processes_s": last["processes_s"], "per_epoch": last["per_epoch"],
                   "overhead_ratio_vs_processes": statistics.median(ratios),
                   "overhead_ratio_vs_processes_runs": ratios,
+                  "per_search_ratio_median": _median_or_none(r["per_search_ratio_median"] for r in runs),
                   "overhead_ratio_vs_processes_tune_fit": statistics.median(
                       r["overhead_ratio_vs_processes_tune_fit"] for r in runs)})
     save(out_d)

