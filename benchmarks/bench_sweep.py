@@ -502,7 +502,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--epochs", type=int, default=3, help="epochs of each search")
     ap.add_argument("--set", action="append", default=[], help="extra sweep overrides (key=value)")
     ap.add_argument("--repeats", type=int, default=1,
-                    help="overhead: alternate this many (sweep, plain processes) pairs; the ratio is their median")
+                    help="overhead: this many (sweep, plain processes) pairs of the same configs (one Optuna seed), "
+                         "the order alternated (sweep first, then processes first, ...); the ratio is their median")
     ap.add_argument("--skip-direct", action="store_true",
                     help="overhead: skip the one-after-another run (overhead_ratio, the ideal split)")
     ap.add_argument("--direct-threads", type=int, default=0,
