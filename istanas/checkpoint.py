@@ -5,6 +5,9 @@ States hold only tensors, numbers, strings, lists, tuples and dicts so that they
 what it wrote in a sidecar ``<file>.sha256`` (JSON) and, with ``keep_previous``, keeps the last good file as
 ``<stem>.prev<ext>``; :func:`load` checks the sidecar and turns any unreadable file into a
 :class:`CheckpointError` naming the file; :func:`load_with_fallback` then uses the previous good checkpoint.
+``save(..., packed=True)`` (training states) first copies every tensor into one flat buffer per (dtype, device)
+(:func:`pack`): ``torch.save`` costs ~85 us per tensor, and a DARTS super-net's state holds ~2,900 of them;
+:func:`load` unpacks such a file and reads plain ones as before.
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import os
 import random
 import sys
 import tempfile
+from collections import OrderedDict
 from typing import Any, Optional
 
 import numpy as np
@@ -109,17 +113,116 @@ def _replace_pair(src: str, dest: str) -> None:
         os.unlink(manifest_path(dest))
 
 
-def save(state: dict, path: str | os.PathLike, *, keep_previous: bool = False) -> None:
+#: The marker of a :func:`pack` ed state, and of a tensor's place in its tree.
+PACKED_FORMAT = "istanas.packed/1"
+_SLOT = "\x00istanas.tensor"
+
+
+def _packable(t: torch.Tensor) -> bool:
+    return t.layout == torch.strided and not t.is_quantized and not t.is_meta
+
+
+def pack(state: Any) -> dict:
+    """``state`` with every (strided) tensor replaced by a slot into one flat buffer per (dtype, device).
+
+    Returns ``{"format", "tree", "buffers": [1-D tensors on CPU], "devices": [str], "group", "offset", "ndim",
+    "shape"}``: tensor ``i`` is ``buffers[group[i]][offset[i]:offset[i] + prod(shape_i)]`` viewed as ``shape_i`` (its
+    dims are the next ``ndim[i]`` entries of ``shape``).  Dicts, OrderedDicts, lists and tuples are walked; other
+    leaves stay as they are.  Views of one storage become separate tensors (as after ``load_state_dict``), and a
+    Parameter becomes a plain tensor.  One device-to-host copy per group, not one per tensor."""
+    keys: dict[tuple[torch.dtype, str], int] = {}
+    parts: list[list[torch.Tensor]] = []
+    sizes: list[int] = []
+    group: list[int] = []
+    offset: list[int] = []
+    ndim: list[int] = []
+    shape: list[int] = []
+
+    def walk(o: Any) -> Any:
+        if isinstance(o, torch.Tensor) and _packable(o):
+            g = keys.setdefault((o.dtype, str(o.device)), len(keys))
+            if g == len(parts):
+                parts.append([])
+                sizes.append(0)
+            t = o.detach().reshape(-1)
+            parts[g].append(t)
+            group.append(g)
+            offset.append(sizes[g])
+            sizes[g] += t.numel()
+            ndim.append(o.dim())
+            shape.extend(o.shape)
+            return (_SLOT, len(group) - 1)
+        if isinstance(o, tuple) and len(o) == 2 and o[0] == _SLOT:
+            raise ValueError(f"pack: the state holds the reserved tuple {o!r}")
+        if isinstance(o, OrderedDict):
+            return OrderedDict((k, walk(v)) for k, v in o.items())
+        if isinstance(o, dict):
+            return {k: walk(v) for k, v in o.items()}
+        if isinstance(o, list):
+            return [walk(v) for v in o]
+        if isinstance(o, tuple) and type(o) is tuple:
+            return tuple(walk(v) for v in o)
+        return o
+
+    tree = walk(state)
+    buffers = [torch.cat(p).cpu() if p else torch.empty(0) for p in parts]
+    as_long = lambda v: torch.tensor(v, dtype=torch.int64)  # noqa: E731
+    return {"format": PACKED_FORMAT, "tree": tree, "buffers": buffers,
+            "devices": [dev for _, dev in sorted(keys, key=keys.get)],
+            "group": as_long(group), "offset": as_long(offset), "ndim": as_long(ndim), "shape": as_long(shape)}
+
+
+def is_packed(obj: Any) -> bool:
+    return isinstance(obj, dict) and obj.get("format") == PACKED_FORMAT
+
+
+def unpack(obj: Any, map_location: Optional[str | torch.device] = None) -> Any:
+    """The state :func:`pack` packed (anything else is returned as it is): every tensor its own storage, on
+    ``map_location`` (None: the device it was packed from)."""
+    if not is_packed(obj):
+        return obj
+    buffers = [b.to(map_location if map_location is not None else dev)
+               for b, dev in zip(obj["buffers"], obj["devices"])]
+    group, offset, ndim = obj["group"].tolist(), obj["offset"].tolist(), obj["ndim"].tolist()
+    shape = obj["shape"].tolist()
+    tensors: list[torch.Tensor] = []
+    at = 0
+    for g, off, nd in zip(group, offset, ndim):
+        dims = shape[at:at + nd]
+        at += nd
+        n = 1
+        for d in dims:
+            n *= d
+        tensors.append(buffers[g][off:off + n].view(dims).clone())
+
+    def walk(o: Any) -> Any:
+        if isinstance(o, tuple) and len(o) == 2 and o[0] == _SLOT:
+            return tensors[o[1]]
+        if isinstance(o, OrderedDict):
+            return OrderedDict((k, walk(v)) for k, v in o.items())
+        if isinstance(o, dict):
+            return {k: walk(v) for k, v in o.items()}
+        if isinstance(o, list):
+            return [walk(v) for v in o]
+        if isinstance(o, tuple):
+            return tuple(walk(v) for v in o)
+        return o
+
+    return walk(obj["tree"])
+
+
+def save(state: dict, path: str | os.PathLike, *, keep_previous: bool = False, packed: bool = False) -> None:
     """``torch.save`` to a temporary file, then ``os.replace``: a crash never leaves a half-written checkpoint.
     The size and SHA-256 go to ``<path>.sha256``; with ``keep_previous`` an existing ``path`` (and its sidecar)
-    becomes :func:`previous_path` first."""
+    becomes :func:`previous_path` first.  ``packed``: save :func:`pack` (state) (files only :func:`load` reads as
+    the state; user-facing files such as ``model.pt`` stay plain)."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = _mkstemp(folder, ".pt")
     os.close(fd)
     try:
-        torch.save(state, tmp)
+        torch.save(pack(state) if packed else state, tmp)
         size, sha = file_digest(tmp)
         if keep_previous and os.path.isfile(path):
             _replace_pair(path, previous_path(path))
@@ -156,12 +259,12 @@ def verify(path: str | os.PathLike) -> None:
 
 
 def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """Load a checkpoint written by :func:`save` with ``weights_only=True``, after :func:`verify`; an unreadable
-    file is a :class:`CheckpointError` naming it (never a raw unpickling traceback)."""
+    """Load a checkpoint written by :func:`save` with ``weights_only=True``, after :func:`verify` (a packed one
+    unpacked); an unreadable file is a :class:`CheckpointError` naming it (never a raw unpickling traceback)."""
     path = os.fspath(path)
     verify(path)
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return unpack(torch.load(path, map_location=map_location, weights_only=True), map_location)
     except Exception as e:
         raise CheckpointError(f"checkpoint {path} is unreadable ({type(e).__name__}: "
                               f"{str(e).splitlines()[0][:160] if str(e) else ''})") from None

@@ -264,7 +264,7 @@ def checkpoint_hook(out_dir: str | os.PathLike) -> Callable[[dict], None]:
     path = checkpoint_path(out_dir)
 
     def hook(state: dict) -> None:
-        ckpt.save(state, path, keep_previous=True)
+        ckpt.save(state, path, keep_previous=True, packed=True)
 
     return hook
 

@@ -522,7 +522,7 @@ def _train_loop(config: dict, before_report: Optional[BeforeReport]) -> None:
         reports.append({k: v for k, v in m.items() if k != "genotype"})
         if rank == 0:
             with tempfile.TemporaryDirectory() as d:
-                ckpt.save({**state, "reports": reports}, os.path.join(d, STATE_FILE))   # size / SHA-256 recorded
+                ckpt.save({**state, "reports": reports}, os.path.join(d, STATE_FILE), packed=True)  # + size / SHA-256
                 ckpt.atomic_write_json(os.path.join(d, REPORTS_FILE), reports)           # for people
                 ray.train.report(m, checkpoint=Checkpoint.from_directory(d),
                                  checkpoint_dir_name=f"epoch_{epoch:05d}{redo}")
@@ -564,7 +564,7 @@ def _train_loop(config: dict, before_report: Optional[BeforeReport]) -> None:
         keep = os.path.join(tmp, "final")
         os.makedirs(keep)
         if last.get("state") is not None:
-            ckpt.save({**last["state"], "reports": reports}, os.path.join(keep, STATE_FILE))
+            ckpt.save({**last["state"], "reports": reports}, os.path.join(keep, STATE_FILE), packed=True)
         rec = result.to_record()
         rec.pop("genotype", None)
         rec["history"] = [scalar_metrics(h) for h in result.history]

@@ -138,7 +138,7 @@ class TrialReporter:
             self._report(metrics)
             return
         with tempfile.TemporaryDirectory(prefix="istanas-ckpt-") as d:
-            save(state, os.path.join(d, STATE_FILE))
+            save(state, os.path.join(d, STATE_FILE), packed=True)
             self._report(metrics, checkpoint=self._ckpt_cls.from_directory(d))
 
     def finish(self, result: Any, search_cfg: Any, wall_s: float, node_id: Optional[str] = None) -> dict:

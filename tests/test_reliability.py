@@ -55,6 +55,70 @@ def test_damaged_checkpoint_is_named_and_previous_one_used(tmp_path, damage, cap
         ckpt.load_with_fallback(path)
 
 
+def _training_state() -> dict:
+    """A real training state: a small super-net's state_dict (OrderedDict, float / int64 buffers), an Adam state
+    after a step (int keys, 0-dim step tensors), the RNG ByteTensor, plus views, an empty and a bool tensor."""
+    from collections import OrderedDict
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
+                              torch.nn.Linear(4 * 6 * 6, 3))
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    net(torch.randn(2, 3, 8, 8)).sum().backward()
+    opt.step()
+    base = torch.randn(5, 6)
+    return {"model": net.state_dict(), "opt": opt.state_dict(), "rng": torch.get_rng_state(), "epoch": 3,
+            "nested": [(base.t(), base[1:3]), OrderedDict(mask=base > 0, empty=torch.zeros(0, 4))],
+            "param": torch.nn.Parameter(torch.ones(2)), "name": "x", "lr": 0.1, "none": None}
+
+
+def _same(a, b, where="state"):
+    assert type(a) is type(b) or (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)), where
+    if isinstance(a, dict):
+        assert list(a) == list(b), where
+        for k in a:
+            _same(a[k], b[k], f"{where}/{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _same(x, y, f"{where}[{i}]")
+    elif isinstance(a, torch.Tensor):
+        assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b), where
+    else:
+        assert a == b, where
+
+
+def test_packed_checkpoint_loads_as_torch_load_of_the_plain_one(tmp_path):
+    """``save(packed=True)`` + ``load`` gives what ``torch.save`` + ``torch.load`` give, with the tensors in one
+    buffer per dtype on disk, and every loaded tensor its own storage."""
+    state = _training_state()
+    plain, packed = str(tmp_path / "plain.pt"), str(tmp_path / "packed.pt")
+    ckpt.save(state, plain)
+    ckpt.save(state, packed, packed=True)
+    want = torch.load(plain, weights_only=True)        # torch's own serialisation is the reference
+    got = ckpt.load(packed)
+    _same(want, got)
+    _same(want, ckpt.load(plain))                     # plain files still load as before
+    raw = torch.load(packed, weights_only=True)
+    dtypes = {t.dtype for t in raw["buffers"]}
+    assert len(raw["buffers"]) == len(dtypes) == len({torch.float32, torch.int64, torch.uint8, torch.bool})
+    views = got["nested"][0]
+    views[0].zero_()                                  # the transposed view of `base` no longer shares with [1:3]
+    assert torch.equal(views[1], want["nested"][0][1])
+    ptrs = [t.untyped_storage().data_ptr() for t in got["model"].values() if t.numel()]
+    assert len(set(ptrs)) == len(ptrs)
+
+
+def test_packed_checkpoint_with_a_bad_index_is_a_checkpoint_error(tmp_path):
+    path = str(tmp_path / "state.pt")
+    raw = ckpt.pack({"w": torch.arange(10.0)})
+    raw["offset"] = raw["offset"] + 5                  # points past the buffer's end
+    torch.save(raw, path)                             # no sidecar: the structure itself must be checked
+    with pytest.raises(ckpt.CheckpointError, match="state.pt"):
+        ckpt.load(path)
+    with pytest.raises(ValueError, match="reserved"):
+        ckpt.pack({"x": ("\x00istanas.tensor", 0)})
+
+
 def test_unrecorded_file_still_fails_loudly(tmp_path):
     path = str(tmp_path / "x.pt")
     torch.save({"a": torch.zeros(100)}, path)  # no sidecar (another tool, an old run)
