@@ -116,10 +116,32 @@ def _replace_pair(src: str, dest: str) -> None:
 #: The marker of a :func:`pack` ed state, and of a tensor's place in its tree.
 PACKED_FORMAT = "istanas.packed/1"
 _SLOT = "\x00istanas.tensor"
+_WALK = object()   # what a leaf function returns for "not a leaf: walk into it"
 
 
 def _packable(t: torch.Tensor) -> bool:
     return t.layout == torch.strided and not t.is_quantized and not t.is_meta
+
+
+def _is_slot(o: Any) -> bool:
+    return type(o) is tuple and len(o) == 2 and o[0] == _SLOT
+
+
+def _map_tree(o: Any, leaf: Any) -> Any:
+    """``o`` rebuilt with ``leaf(x)`` for every ``x`` where it is not ``_WALK``; dicts, OrderedDicts, lists and
+    plain tuples are walked (other objects are leaves)."""
+    r = leaf(o)
+    if r is not _WALK:
+        return r
+    if isinstance(o, OrderedDict):
+        return OrderedDict((k, _map_tree(v, leaf)) for k, v in o.items())
+    if isinstance(o, dict):
+        return {k: _map_tree(v, leaf) for k, v in o.items()}
+    if isinstance(o, list):
+        return [_map_tree(v, leaf) for v in o]
+    if type(o) is tuple:
+        return tuple(_map_tree(v, leaf) for v in o)
+    return o
 
 
 def pack(state: Any) -> dict:
@@ -127,8 +149,8 @@ def pack(state: Any) -> dict:
 
     Returns ``{"format", "tree", "buffers": [1-D tensors on CPU], "devices": [str], "group", "offset", "ndim",
     "shape"}``: tensor ``i`` is ``buffers[group[i]][offset[i]:offset[i] + prod(shape_i)]`` viewed as ``shape_i`` (its
-    dims are the next ``ndim[i]`` entries of ``shape``).  Dicts, OrderedDicts, lists and tuples are walked; other
-    leaves stay as they are.  Views of one storage become separate tensors (as after ``load_state_dict``), and a
+    dims are the next ``ndim[i]`` entries of ``shape``).  Dicts, OrderedDicts, lists and plain tuples are walked;
+    other leaves stay as they are.  Views of one storage become separate tensors (as after ``load_state_dict``), and a
     Parameter becomes a plain tensor.  One device-to-host copy per group, not one per tensor."""
     keys: dict[tuple[torch.dtype, str], int] = {}
     parts: list[list[torch.Tensor]] = []
@@ -138,7 +160,7 @@ def pack(state: Any) -> dict:
     ndim: list[int] = []
     shape: list[int] = []
 
-    def walk(o: Any) -> Any:
+    def leaf(o: Any) -> Any:
         if isinstance(o, torch.Tensor) and _packable(o):
             g = keys.setdefault((o.dtype, str(o.device)), len(keys))
             if g == len(parts):
@@ -152,23 +174,15 @@ def pack(state: Any) -> dict:
             ndim.append(o.dim())
             shape.extend(o.shape)
             return (_SLOT, len(group) - 1)
-        if isinstance(o, tuple) and len(o) == 2 and o[0] == _SLOT:
+        if _is_slot(o):
             raise ValueError(f"pack: the state holds the reserved tuple {o!r}")
-        if isinstance(o, OrderedDict):
-            return OrderedDict((k, walk(v)) for k, v in o.items())
-        if isinstance(o, dict):
-            return {k: walk(v) for k, v in o.items()}
-        if isinstance(o, list):
-            return [walk(v) for v in o]
-        if isinstance(o, tuple) and type(o) is tuple:
-            return tuple(walk(v) for v in o)
-        return o
+        return _WALK
 
-    tree = walk(state)
-    buffers = [torch.cat(p).cpu() if p else torch.empty(0) for p in parts]
+    tree = _map_tree(state, leaf)
+    buffers = [torch.cat(p).cpu() for p in parts]
     as_long = lambda v: torch.tensor(v, dtype=torch.int64)  # noqa: E731
     return {"format": PACKED_FORMAT, "tree": tree, "buffers": buffers,
-            "devices": [dev for _, dev in sorted(keys, key=keys.get)],
+            "devices": [dev for _, dev in keys],           # keys are in group order
             "group": as_long(group), "offset": as_long(offset), "ndim": as_long(ndim), "shape": as_long(shape)}
 
 
@@ -195,20 +209,7 @@ def unpack(obj: Any, map_location: Optional[str | torch.device] = None) -> Any:
             n *= d
         tensors.append(buffers[g][off:off + n].view(dims).clone())
 
-    def walk(o: Any) -> Any:
-        if isinstance(o, tuple) and len(o) == 2 and o[0] == _SLOT:
-            return tensors[o[1]]
-        if isinstance(o, OrderedDict):
-            return OrderedDict((k, walk(v)) for k, v in o.items())
-        if isinstance(o, dict):
-            return {k: walk(v) for k, v in o.items()}
-        if isinstance(o, list):
-            return [walk(v) for v in o]
-        if isinstance(o, tuple):
-            return tuple(walk(v) for v in o)
-        return o
-
-    return walk(obj["tree"])
+    return _map_tree(obj["tree"], lambda o: tensors[o[1]] if _is_slot(o) else _WALK)
 
 
 def save(state: dict, path: str | os.PathLike, *, keep_previous: bool = False, packed: bool = False) -> None:

@@ -119,6 +119,21 @@ def test_packed_checkpoint_with_a_bad_index_is_a_checkpoint_error(tmp_path):
         ckpt.pack({"x": ("\x00istanas.tensor", 0)})
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_packed_cuda_state_loads_to_the_cpu_or_back_to_its_devices(tmp_path):
+    path = str(tmp_path / "state.pt")
+    state = {"w": torch.randn(3, 4, device="cuda"), "n": torch.arange(5, device="cuda"), "h": torch.ones(2)}
+    ckpt.save(state, path, packed=True)
+    raw = torch.load(path, map_location="cpu", weights_only=True)
+    assert len(raw["buffers"]) == 3 and raw["devices"].count("cuda:0") == 2   # (float, cuda) (int64, cuda) (float, cpu)
+    on_cpu = ckpt.load(path)
+    assert all(t.device.type == "cpu" for t in on_cpu.values())
+    back = ckpt.unpack(raw, None)                     # map_location None: the devices they were saved from
+    assert back["w"].device.type == back["n"].device.type == "cuda" and back["h"].device.type == "cpu"
+    for k in state:
+        assert torch.equal(on_cpu[k], state[k].cpu()) and torch.equal(back[k].cpu(), state[k].cpu())
+
+
 def test_unrecorded_file_still_fails_loudly(tmp_path):
     path = str(tmp_path / "x.pt")
     torch.save({"a": torch.zeros(100)}, path)  # no sidecar (another tool, an old run)
