@@ -80,7 +80,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args(argv)
+    if args.repeats < 1:
+        ap.error(f"--repeats must be >= 1, got {args.repeats}")
     device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: no CUDA device here")
     state = to_device(search_state(args.space, args.preset), device)
     times: dict[str, list[float]] = {"save_plain_s": [], "save_packed_s": [], "load_plain_s": [],
                                      "load_packed_s": []}

