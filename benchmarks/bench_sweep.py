@@ -52,6 +52,7 @@ import math
 import multiprocessing
 import os
 import platform
+import resource
 import statistics
 import sys
 import tempfile
@@ -101,20 +102,40 @@ def _timed_hook(on_epoch_end, hook_s: list):
     return hook
 
 
-def _write_profile(kind: str, hook_s: list, total_s: float, cpu_s: float = 0.0) -> None:
+USAGE_FIELDS = ("ru_utime", "ru_stime", "ru_minflt", "ru_majflt", "ru_nvcsw", "ru_nivcsw")
+
+
+def thread_usage() -> dict[str, float]:
+    """The calling thread's resource usage (``getrusage(RUSAGE_THREAD)``: user / system seconds, page faults,
+    voluntary / involuntary context switches) and its niceness."""
+    ru = resource.getrusage(resource.RUSAGE_THREAD)
+    out = {f: float(getattr(ru, f)) for f in USAGE_FIELDS}
+    out["nice"] = float(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+    return out
+
+
+def usage_delta(before: dict[str, float]) -> dict[str, float]:
+    """:func:`thread_usage` now minus ``before`` (the niceness as it is now)."""
+    now = thread_usage()
+    return {k: (now[k] if k == "nice" else now[k] - before[k]) for k in now}
+
+
+def _write_profile(kind: str, hook_s: list, total_s: float, cpu_s: float = 0.0,
+                   usage: Optional[dict] = None) -> None:
     d = os.environ.get(PROFILE_DIR_ENV)
     if d:
         atomic_write_json(os.path.join(d, f"{kind}-{os.getpid()}-{time.time_ns()}.json"),
-                          {"hook_s": hook_s, "total_s": total_s, "cpu_s": cpu_s, "t_end": time.time()})
+                          {"hook_s": hook_s, "total_s": total_s, "cpu_s": cpu_s, "usage": usage or {},
+                           "t_end": time.time()})
 
 
 def profiled_search(cfg, *, data=None, on_epoch_end=None, resume=None, progress=False):
     """The two-stage search (``run_search``) with its ``on_epoch_end`` hook timed (``$ISTANAS_BENCH_PROFILE_DIR``)."""
     hook_s: list = []
-    t0, c0 = time.perf_counter(), time.thread_time()
+    t0, c0, u0 = time.perf_counter(), time.thread_time(), thread_usage()
     out = run_search("twostage", cfg, data=data, on_epoch_end=_timed_hook(on_epoch_end, hook_s), resume=resume,
                      progress=progress)
-    _write_profile("search", hook_s, time.perf_counter() - t0, time.thread_time() - c0)
+    _write_profile("search", hook_s, time.perf_counter() - t0, time.thread_time() - c0, usage_delta(u0))
     return out
 
 
@@ -129,7 +150,7 @@ def profiled_short_search(cfg, *, data=None, on_epoch_end=None, resume=None, pro
 
 def read_profiles(d: str) -> dict:
     """Per-epoch hook time against the searches' own epoch time, over every profile file in ``d``."""
-    hooks, totals, epochs, cpu = [], 0.0, 0, 0.0
+    hooks, totals, epochs, cpu, usage = [], 0.0, 0, 0.0, []
     for name in sorted(os.listdir(d)):
         if name.endswith(".json"):
             with open(os.path.join(d, name), encoding="utf-8") as f:
@@ -138,38 +159,46 @@ def read_profiles(d: str) -> dict:
             totals += p["total_s"]
             cpu += p.get("cpu_s", 0.0)
             epochs += len(p["hook_s"])
+            if p.get("usage"):
+                usage.append(p["usage"])
     if not epochs:
         return {}
     own = (totals - sum(hooks)) / epochs
     return {"epochs_profiled": epochs, "hook_s_per_epoch": sum(hooks) / epochs,
             "hook_s_max": max(hooks), "search_epoch_s": own, "hook_share": sum(hooks) / max(totals, 1e-9),
-            "search_thread_cpu_s": cpu, "search_wall_s": totals}
+            "search_thread_cpu_s": cpu, "search_wall_s": totals, "search_thread_usage": sum_usage(usage)}
+
+
+def sum_usage(usages: list[dict]) -> dict[str, float]:
+    """The fields of several :func:`usage_delta` records summed (the niceness: the largest seen)."""
+    keys = sorted({k for u in usages for k in u})
+    return {k: (max if k == "nice" else sum)(u.get(k, 0.0) for u in usages) for k in keys}
 
 
 def _conv(c: dict) -> dict:
     return {k: (int(v) if k in ("s", "m") or k.startswith("m_") else float(v)) for k, v in c.items()}
 
 
-def _process_search(job: tuple[dict, dict]) -> tuple[float, float]:
+def _process_search(job: tuple[dict, dict]) -> tuple[float, float, dict]:
     """One search in a plain worker process (no Ray): one torch thread, as in a trial; returns its (wall, CPU
-    seconds of the thread that ran it)."""
+    seconds of the thread that ran it, :func:`usage_delta` of that thread)."""
     sweep_dict, config = job
     torch.set_num_threads(1)
     cfg = SweepConfig.from_dict(sweep_dict)
-    t0, c0 = time.perf_counter(), time.thread_time()
+    t0, c0, u0 = time.perf_counter(), time.thread_time(), thread_usage()
     run_search(cfg.method, build_search_config(cfg, config), progress=False)
-    return time.perf_counter() - t0, time.thread_time() - c0
+    return time.perf_counter() - t0, time.thread_time() - c0, usage_delta(u0)
 
 
-def run_as_processes(cfg: SweepConfig, configs: list[dict], n: int) -> tuple[float, list[float], list[float]]:
-    """(wall seconds, per-search wall seconds, per-search thread CPU seconds) of ``configs`` run by ``n`` spawned
-    worker processes, one search at a time each, handed out as processes free up (start-up and imports of the
-    workers included)."""
+def run_as_processes(cfg: SweepConfig, configs: list[dict], n: int) -> tuple[float, list[float], list[float], dict]:
+    """(wall seconds, per-search wall seconds, per-search thread CPU seconds, summed thread usage) of ``configs``
+    run by ``n`` spawned worker processes, one search at a time each, handed out as processes free up (start-up
+    and imports of the workers included)."""
     ctx = multiprocessing.get_context("spawn")
     t0 = time.perf_counter()
     with ctx.Pool(n) as pool:
         per = list(pool.imap(_process_search, [(cfg.to_dict(), _conv(c)) for c in configs], chunksize=1))
-    return time.perf_counter() - t0, [w for w, _ in per], [c for _, c in per]
+    return time.perf_counter() - t0, [p[0] for p in per], [p[1] for p in per], sum_usage([p[2] for p in per])
 
 
 def trial_start_order(experiment_path: str, trial_ids: list[str]) -> list[int]:
@@ -213,9 +242,9 @@ def _sweep_part(cfg: SweepConfig, args, prof: str) -> dict:
 
 
 def _processes_part(cfg: SweepConfig, configs: list[dict], n: int) -> dict:
-    proc_s, proc_per, proc_cpu = run_as_processes(cfg, configs, n)
+    proc_s, proc_per, proc_cpu, usage = run_as_processes(cfg, configs, n)
     return {"processes_s": proc_s, "processes_per_search_s": proc_per, "processes_per_search_cpu_s": proc_cpu,
-            "loadavg_after_processes": os.getloadavg()}
+            "processes_search_thread_usage": usage, "loadavg_after_processes": os.getloadavg()}
 
 
 def _config_key(c: dict) -> tuple:

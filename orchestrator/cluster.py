@@ -22,9 +22,9 @@ from istanas.checkpoint import atomic_write_text
 from istanas.cli import existing_ancestor_file
 from istanas.config import ConfigError
 
+from .claim import NAMESPACE
 from .sweep_config import is_storage_uri
 
-NAMESPACE = "istanas"
 PACKAGES = ("istanas", "spaces", "orchestrator")
 
 

@@ -1,14 +1,17 @@
-"""Post-processing of a sweep: a named Ray actor retrains the top-k genotypes as Ray tasks, then writes the results.
+"""Post-processing of a sweep: a Ray actor retrains the top-k genotypes as Ray tasks, then writes the results.
 
-:func:`create_postprocessor` makes the actor ``istanas-sweep-<name>`` (pinned to the driver's node, so that local
-result paths mean the same to both) before the Tuner starts, so a second driver of the same sweep fails early.
-After ``Tuner.fit`` the driver hands it the trial records of the whole ``ResultGrid`` once
-(:func:`record_from_result`); :meth:`SweepPostprocessor.finalize` picks the top-k distinct genotypes
-(:func:`orchestrator.results.select_top_k`), retrains each over ``retrain.seeds`` (:func:`retrain_one`, one task
-per (genotype, seed), cached in ``results/retrain/<digest>_seed<k>.json`` so a resumed sweep does not redo them),
-and writes the table (:mod:`orchestrator.results`), ``best_genotype.json`` and the report
-(:mod:`orchestrator.report`).  With a NAS-Bench-201 ``table``, the cells of searches that ASHA stopped early (whose
-trial never reached its own look-up) are looked up here, after every search ended (:func:`add_benchmark`).
+:func:`create_postprocessor` makes the actor (pinned to the driver's node, so that local result paths mean the same
+to both, and holding no CPU).  The driver creates it when the sweep's tail begins (every trial has started and one
+has ended, so a slot is free: its start-up and :meth:`SweepPostprocessor.warm_up`, the imports of the tables,
+plots and importances, run on that slot while the last trials finish), or after ``Tuner.fit`` if it has not yet.
+The driver then hands it the trial records of the whole ``ResultGrid`` once (:func:`record_from_result`);
+:meth:`SweepPostprocessor.finalize` picks the top-k distinct genotypes (:func:`orchestrator.results.select_top_k`),
+retrains each over ``retrain.seeds`` (:func:`retrain_one`, one task per (genotype, seed), cached in
+``results/retrain/<digest>_seed<k>.json`` so a resumed sweep does not redo them), and writes the table
+(:mod:`orchestrator.results`), ``best_genotype.json`` and the report (:mod:`orchestrator.report`).  With a
+NAS-Bench-201 ``table``, the cells of searches that ASHA stopped early (whose trial never reached its own look-up)
+are looked up here, after every search ended (:func:`add_benchmark`).  The one-driver-per-sweep claim is
+:mod:`orchestrator.claim`.
 """
 from __future__ import annotations
 
@@ -24,18 +27,11 @@ from istanas.config import to_dict
 from istanas.retrain import retrain
 from spaces.nb201 import open_nb201_table
 
-from .cluster import NAMESPACE, copy_dir
+from .cluster import copy_dir
 from .metrics import SweepMetrics
-from .report import write_report
+from .report import preload, write_report
 from .results import best_row, benchmark_metrics, build_table, error_reason, make_record, select_top_k, write_table
 from .sweep_config import SweepConfig, build_retrain_config, build_search_config
-
-ACTOR_PREFIX = "istanas-sweep-"
-
-
-def actor_name(sweep_name: str) -> str:
-    return ACTOR_PREFIX + sweep_name
-
 
 # ----------------------------------------------------------------------------------------------------- records
 def record_from_result(result: Any) -> dict[str, Any]:
@@ -92,6 +88,10 @@ class SweepPostprocessor:
             self.search_data = to_dict(build_search_config(self.cfg, {}, validate=False).data)
         except Exception:
             self.search_data = None
+
+    def warm_up(self) -> None:
+        """Import what :meth:`finalize` needs and has not yet imported (plotting, Optuna's importances)."""
+        preload()
 
     # ----- retraining
     def _cache_path(self, digest: str, seed: int) -> str:
@@ -177,28 +177,16 @@ class SweepPostprocessor:
 
 
 def create_postprocessor(sweep: SweepConfig):
-    """The sweep's named actor (``istanas-sweep-<name>`` in namespace ``istanas``), pinned to this node (so the
-    local results folder is the driver's).  A live actor of the same name (another driver running this sweep) is
-    an error."""
+    """The sweep's post-processing actor, pinned to this node (so the local results folder is the driver's), with
+    no CPU of its own (its retraining tasks ask for ``retrain.resources``)."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    name = actor_name(sweep.name)
-    for _ in range(10):  # the actor of a driver that just died goes away with its job
-        try:
-            ray.get_actor(name, namespace=NAMESPACE)
-        except ValueError:
-            break
-        time.sleep(1.0)
-    else:
-        raise RuntimeError(f"a sweep named {sweep.name!r} is already running on this cluster (actor {name!r} "
-                           f"in namespace {NAMESPACE!r}); wait for it or choose another name")
     node = ray.get_runtime_context().get_node_id()
     cls = ray.remote(SweepPostprocessor)
-    return cls.options(name=name, namespace=NAMESPACE, num_cpus=0, max_concurrency=4, max_restarts=0,
+    return cls.options(num_cpus=0, max_concurrency=4, max_restarts=0,
                        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node, soft=False)) \
         .remote(sweep.to_dict())
 
 
-__all__ = ["SweepPostprocessor", "create_postprocessor", "actor_name", "record_from_result", "retrain_one",
-           "add_benchmark", "ACTOR_PREFIX"]
+__all__ = ["SweepPostprocessor", "create_postprocessor", "record_from_result", "retrain_one", "add_benchmark"]

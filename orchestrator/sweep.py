@@ -1,11 +1,12 @@
 """The sweep driver, :func:`run_sweep` (``launch/sweep.py`` wraps it).
 
 Validate the config and the experiment folder (fresh: must not exist; ``resume``: must be restorable) before
-``ray.init``; start or join Ray (:mod:`orchestrator.cluster`); create the post-processing actor; run a ``Tuner``
-(the trainable of :mod:`orchestrator.tune_trial`, ``OptunaSearch`` behind a ``ConcurrencyLimiter``, ASHA over
-search epochs, trial checkpoints kept by Tune) or ``Tuner.restore`` it with ``resume``; :class:`SweepCallback`
-keeps the custom metrics and prints a line per finished trial; at the end the records of the whole ``ResultGrid``
-go to the actor once, which retrains the top-k and writes the table and report.
+``ray.init``; start or join Ray (:mod:`orchestrator.cluster`); claim the sweep's name (:mod:`orchestrator.claim`);
+run a ``Tuner`` (the trainable of :mod:`orchestrator.tune_trial`, ``OptunaSearch`` behind a ``ConcurrencyLimiter``,
+ASHA over search epochs, trial checkpoints kept by Tune) or ``Tuner.restore`` it with ``resume``; :class:`SweepCallback`
+keeps the custom metrics, prints a line per finished trial, and creates the post-processing actor when the sweep's
+tail begins (every trial started, one ended: a slot is free); at the end the records of the whole ``ResultGrid``
+go to that actor once, which retrains the top-k and writes the table and report.
 
 An interrupted sweep (SIGINT / Ctrl+C: Tune saves the experiment and stops its trials, marking them TERMINATED)
 is told apart from a finished one by the trials Tune really completed (:class:`SweepCallback` counts
@@ -32,6 +33,7 @@ from istanas import checkpoint as ckpt
 from istanas.config import ConfigError
 from ray.tune import Callback
 
+from .claim import claim_sweep
 from .cluster import cluster_address, exists, init_ray, preflight, read_text, warn_unplaceable, write_text
 from .metrics import SweepMetrics
 from .postprocess import create_postprocessor, record_from_result
@@ -47,6 +49,32 @@ PARTIAL_TABLE = "sweep_results.partial.csv"
 #: ``Tuner.restore`` re-creates from its pickle, so the driver reads it here).
 _ENDED: dict[str, set[str]] = {}
 _ENDED_BEFORE: dict[str, Optional[set[str]]] = {}
+
+
+class _Postprocessing:
+    """The post-processing actor of one sweep in this driver, created on first :meth:`actor` call."""
+
+    def __init__(self, cfg: SweepConfig):
+        self.cfg = cfg
+        self.handle: Any = None
+
+    def actor(self) -> Any:
+        if self.handle is None:
+            self.handle = create_postprocessor(self.cfg)
+        return self.handle
+
+
+#: Per sweep name, in this driver: its post-processing (see :func:`start_postprocessing`).
+_POST: dict[str, _Postprocessing] = {}
+
+
+def start_postprocessing(name: str) -> None:
+    """Create the post-processing actor of the sweep ``name`` now and let it import what it will need, if this
+    driver runs that sweep and has not yet (:class:`SweepCallback` calls it when the sweep's tail begins, so that
+    this start-up runs on a slot no trial needs any more, not after the last trial)."""
+    post = _POST.get(name)
+    if post is not None and post.handle is None:
+        post.actor().warm_up.remote()
 
 
 # ---------------------------------------------------------------------------------------------- search space
@@ -140,6 +168,8 @@ class SweepCallback(Callback):
     def _finish(self, trials: list, trial: Any, status: str) -> None:
         self._running(trials)
         _ENDED.setdefault(self.name, set()).add(trial.trial_id)
+        if len(trials) >= self.total:  # the tail: no trial is left to start, a slot has just freed up
+            start_postprocessing(self.name)
         if trial.trial_id in self._finished:
             return
         self._finished.add(trial.trial_id)
@@ -366,14 +396,15 @@ def run_sweep(cfg: SweepConfig, *, resume: bool = False, search_fn: Optional[Cal
 
     if cluster_address(cfg):
         warn_unplaceable(demands)
-    actor = None
+    claim = None
+    post = _POST[cfg.name] = _Postprocessing(cfg)
     _ENDED[cfg.name], _ENDED_BEFORE[cfg.name] = set(), None
     reset(cfg.name)
     partial = None
     try:
+        claim = claim_sweep(cfg.name)
         if not resume:
             save_sweep_config(cfg)
-        actor = create_postprocessor(cfg)
         tuner = build_tuner(cfg, search_fn=search_fn, echo=echo, resume=resume)
         t1 = time.perf_counter()
         grid = tuner.fit()
@@ -395,15 +426,17 @@ def run_sweep(cfg: SweepConfig, *, resume: bool = False, search_fn: Optional[Cal
             if echo:
                 print(f"[sweep {cfg.name}] {len(records)} trials in {tune_s:.1f} s; post-processing "
                       f"(retrain top-{cfg.retrain.top_k} x {len(cfg.retrain.seeds)} seeds)", flush=True)
-            summary = ray.get(actor.finalize.remote(records))
+            summary = ray.get(post.actor().finalize.remote(records))
             if os.path.isfile(stale):
                 os.unlink(stale)
     finally:
-        if actor is not None:
-            try:
-                ray.kill(actor)
-            except Exception:
-                pass
+        _POST.pop(cfg.name, None)
+        for actor in (post.handle, claim):
+            if actor is not None:
+                try:
+                    ray.kill(actor)
+                except Exception:
+                    pass
         if started:
             ray.shutdown()
     wall = time.perf_counter() - t0

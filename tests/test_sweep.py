@@ -13,16 +13,17 @@ import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
 
 import torch
 
 from istanas.engine import NonFiniteLossError
-from orchestrator.cluster import NAMESPACE
-from orchestrator.postprocess import actor_name
+import orchestrator.sweep as sweep_mod
+from orchestrator.claim import NAMESPACE, actor_name, claim_sweep
 from orchestrator.sweep import run_sweep
-from orchestrator.sweep_config import load_sweep_config
+from orchestrator.sweep_config import SweepConfig, load_sweep_config
 from spaces.registry import load_genotype
 
 pytestmark = pytest.mark.slow
@@ -376,3 +377,53 @@ def test_sweep_whose_trials_all_fail_says_so(ray_local, tmp_path):
     out = run_sweep(cfg, search_fn=rigged_search, echo=False)
     assert out.all_failed and not out.interrupted and out.num_errors == 2
     assert len(out.errors) == 2 and all("NonFiniteLossError" in why for _, why in out.errors)
+
+
+def test_a_second_driver_of_a_running_sweep_is_refused(ray_local):
+    """The claim (:mod:`orchestrator.claim`): a live claim of the same name refuses a second one with a clear
+    error, a released name can be claimed again, and the claim actor's process loads no torch (it lives through
+    the whole sweep next to the trials)."""
+    first = claim_sweep("dup")
+    try:
+        with pytest.raises(RuntimeError, match="'dup' is already running"):
+            claim_sweep("dup", wait_s=0.5)
+        other = claim_sweep("dup-other")   # another name is free
+        ray_local.kill(other)
+        loaded = ray_local.get(first.__ray_call__.remote(
+            lambda self: sorted(m for m in ("torch", "orchestrator.sweep_config", "pandas") if m in sys.modules)))
+        assert loaded == [], loaded
+    finally:
+        ray_local.kill(first)
+    again = claim_sweep("dup")  # waits (within its deadline) for the killed claim to go away
+    assert ray_local.get(again.sweep.remote()) == "dup"
+    ray_local.kill(again)
+
+
+class _FakeActor:
+    def __init__(self, log: list):
+        self.log = log
+        self.warm_up = SimpleNamespace(remote=lambda: log.append("warm_up"))
+
+
+def test_the_post_processing_actor_starts_when_the_tail_begins(monkeypatch):
+    """:class:`SweepCallback` creates the post-processing actor (and starts its imports) once every trial has been
+    started and one has ended, not before and only once; a sweep this driver does not run is left alone."""
+    log: list = []
+    monkeypatch.setattr(sweep_mod, "create_postprocessor", lambda cfg: log.append(f"create {cfg.name}")
+                        or _FakeActor(log))
+    cfg = SweepConfig(name="tail")
+    monkeypatch.setitem(sweep_mod._POST, "tail", sweep_mod._Postprocessing(cfg))
+    cb = sweep_mod.SweepCallback("tail", total=3, echo=False)
+    trial = lambda i, status: SimpleNamespace(trial_id=str(i), status=status, last_result={})  # noqa: E731
+    running = [trial(0, "TERMINATED"), trial(1, "RUNNING")]
+    cb.on_trial_complete(0, running, running[0])           # a third trial is still to start: its slot is needed
+    assert log == []
+    full = running + [trial(2, "RUNNING")]
+    cb.on_trial_error(0, full, full[1])                    # all three started, one slot free: the tail
+    assert log == ["create tail", "warm_up"]
+    full[2].status = "TERMINATED"
+    cb.on_trial_complete(0, full, full[2])
+    assert log == ["create tail", "warm_up"]               # once
+    other = sweep_mod.SweepCallback("not-here", total=1, echo=False)
+    other.on_trial_complete(0, [trial(5, "TERMINATED")], trial(5, "TERMINATED"))
+    assert log == ["create tail", "warm_up"]
