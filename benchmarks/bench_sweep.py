@@ -30,7 +30,11 @@
    contention that ``overhead_ratio`` (against the ideal split) also charges.  ``--repeats R`` runs R such pairs
    with one Optuna seed (the same configs each time), the order alternated (sweep then processes, processes then
    sweep, ...) so a drift of the machine's speed favours neither; the ratio is the median, and
-   ``per_search_ratio_median`` compares each search inside its trial with the same config as a process.
+   ``per_search_ratio_median`` compares each search inside its trial with the same config as a process.  Each
+   search thread's CPU time and ``getrusage`` (context switches, page faults, niceness) is recorded on both
+   sides, and :func:`decompose` splits each pair into fixed costs, preemption and per-epoch hooks:
+   ``same_speed_ratio`` is the ratio had the searches needed the same CPU in both parts (the machine's speed
+   drifts by more than 5 % between minutes).
 4. Scale (``--scale``).  ``--scale-trials`` (1,000) stand-in trials of ``--scale-epochs`` x ``--scale-epoch-s``
    seconds on a simulated cluster (``ray.cluster_utils.Cluster``) of ``--scale-nodes`` (8) worker nodes of 2 CPUs:
    trials per second over ``Tuner.fit`` against the ideal (slots / trial duration), the same over the middle
@@ -89,15 +93,18 @@ def short_search(cfg, *, data=None, on_epoch_end=None, resume=None, progress=Fal
     return {"genotype": g, "history": hist, "final": {}}
 
 
-def _timed_hook(on_epoch_end, hook_s: list):
-    """``on_epoch_end`` that appends the seconds each call takes (``tune.report`` + checkpoint) to ``hook_s``."""
+def _timed_hook(on_epoch_end, hook_s: list, hook_cpu: Optional[list] = None):
+    """``on_epoch_end`` that appends the seconds each call takes (``tune.report`` + checkpoint) to ``hook_s``, and
+    the calling thread's CPU seconds of it to ``hook_cpu``."""
     if on_epoch_end is None:
         return None
 
     def hook(metrics, state=None):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.thread_time()
         on_epoch_end(metrics, state)
         hook_s.append(time.perf_counter() - t)
+        if hook_cpu is not None:
+            hook_cpu.append(time.thread_time() - c)
 
     return hook
 
@@ -121,21 +128,22 @@ def usage_delta(before: dict[str, float]) -> dict[str, float]:
 
 
 def _write_profile(kind: str, hook_s: list, total_s: float, cpu_s: float = 0.0,
-                   usage: Optional[dict] = None) -> None:
+                   usage: Optional[dict] = None, hook_cpu_s: Optional[list] = None) -> None:
     d = os.environ.get(PROFILE_DIR_ENV)
     if d:
         atomic_write_json(os.path.join(d, f"{kind}-{os.getpid()}-{time.time_ns()}.json"),
-                          {"hook_s": hook_s, "total_s": total_s, "cpu_s": cpu_s, "usage": usage or {},
-                           "t_end": time.time()})
+                          {"hook_s": hook_s, "hook_cpu_s": hook_cpu_s or [], "total_s": total_s, "cpu_s": cpu_s,
+                           "usage": usage or {}, "t_end": time.time()})
 
 
 def profiled_search(cfg, *, data=None, on_epoch_end=None, resume=None, progress=False):
     """The two-stage search (``run_search``) with its ``on_epoch_end`` hook timed (``$ISTANAS_BENCH_PROFILE_DIR``)."""
     hook_s: list = []
+    hook_cpu: list = []
     t0, c0, u0 = time.perf_counter(), time.thread_time(), thread_usage()
-    out = run_search("twostage", cfg, data=data, on_epoch_end=_timed_hook(on_epoch_end, hook_s), resume=resume,
-                     progress=progress)
-    _write_profile("search", hook_s, time.perf_counter() - t0, time.thread_time() - c0, usage_delta(u0))
+    out = run_search("twostage", cfg, data=data, on_epoch_end=_timed_hook(on_epoch_end, hook_s, hook_cpu),
+                     resume=resume, progress=progress)
+    _write_profile("search", hook_s, time.perf_counter() - t0, time.thread_time() - c0, usage_delta(u0), hook_cpu)
     return out
 
 
@@ -150,12 +158,13 @@ def profiled_short_search(cfg, *, data=None, on_epoch_end=None, resume=None, pro
 
 def read_profiles(d: str) -> dict:
     """Per-epoch hook time against the searches' own epoch time, over every profile file in ``d``."""
-    hooks, totals, epochs, cpu, usage = [], 0.0, 0, 0.0, []
+    hooks, hook_cpu, totals, epochs, cpu, usage = [], [], 0.0, 0, 0.0, []
     for name in sorted(os.listdir(d)):
         if name.endswith(".json"):
             with open(os.path.join(d, name), encoding="utf-8") as f:
                 p = json.load(f)
             hooks += p["hook_s"]
+            hook_cpu += p.get("hook_cpu_s", [])
             totals += p["total_s"]
             cpu += p.get("cpu_s", 0.0)
             epochs += len(p["hook_s"])
@@ -166,7 +175,8 @@ def read_profiles(d: str) -> dict:
     own = (totals - sum(hooks)) / epochs
     return {"epochs_profiled": epochs, "hook_s_per_epoch": sum(hooks) / epochs,
             "hook_s_max": max(hooks), "search_epoch_s": own, "hook_share": sum(hooks) / max(totals, 1e-9),
-            "search_thread_cpu_s": cpu, "search_wall_s": totals, "search_thread_usage": sum_usage(usage)}
+            "search_thread_cpu_s": cpu, "search_wall_s": totals, "search_thread_usage": sum_usage(usage),
+            "hook_wall_s": sum(hooks), "hook_cpu_s": sum(hook_cpu) if len(hook_cpu) == len(hooks) else None}
 
 
 def sum_usage(usages: list[dict]) -> dict[str, float]:
@@ -266,6 +276,48 @@ def _per_search_ratio(run: dict, proc_configs: list[dict]) -> Optional[float]:
     return statistics.median(t / p for t, p in pairs)
 
 
+def makespan(times: list[float], slots: int) -> float:
+    """When the last of ``times`` ends if each starts, in list order, on the first of ``slots`` to free up."""
+    free = [0.0] * slots
+    for t in times:
+        i = min(range(slots), key=free.__getitem__)
+        free[i] += t
+    return max(free)
+
+
+def decompose(run: dict, slots: int) -> dict:
+    """What a (sweep, processes) pair's ratio is made of, with the machine's speed drift taken out.
+
+    ``fixed``: each side's wall time beyond its searches' own makespan (:func:`makespan` of the per-search times
+    in start order: worker start, imports, Tune's set-up, post-processing; the processes' spawn and imports).
+    ``preemption``: the processes' search thread CPU per wall second over the trials' (outside the hooks: the time
+    a trial's search thread waits while Ray's daemons and the driver run).  ``hooks_per_search_s``: the trials'
+    per-epoch report + checkpoint per second of their search.  ``same_speed_ratio``: the sweep's time had its
+    searches needed the CPU they needed as processes, i.e.
+    ``(processes' makespan x preemption x (1 + hooks) + sweep fixed) / processes' time``: the ratio without
+    the drift of the searches' own speed between the two parts (which moved the raw ratio by +/-10 % either way
+    between runs)."""
+    ms_t, ms_p = makespan(run["in_trial_per_search_s"], slots), makespan(run["processes_per_search_s"], slots)
+    pe = run.get("per_epoch") or {}
+    if not pe.get("search_wall_s") or not sum(run["processes_per_search_s"]):
+        return {}
+    wall, cpu = pe["search_wall_s"], pe["search_thread_cpu_s"]
+    hook_wall, hook_cpu = pe.get("hook_wall_s", 0.0), pe.get("hook_cpu_s")
+    if hook_cpu is not None:  # the search's own part, the hooks taken out (their CPU and their waits)
+        wall, cpu = wall - hook_wall, cpu - hook_cpu
+    else:                     # older profiles: the hooks' time counted as CPU
+        hook_wall = pe.get("hook_share", 0.0) * wall / (1 - pe.get("hook_share", 0.0))
+    cpw_t = cpu / wall
+    cpw_p = sum(run["processes_per_search_cpu_s"]) / sum(run["processes_per_search_s"])
+    fixed_t, fixed_p = run["sweep_s"] - ms_t, run["processes_s"] - ms_p
+    preempt = cpw_p / cpw_t
+    hooks = hook_wall / wall
+    same = (ms_p * preempt * (1 + hooks) + fixed_t) / run["processes_s"]
+    return {"trials_makespan_s": ms_t, "processes_makespan_s": ms_p, "sweep_fixed_s": fixed_t,
+            "processes_fixed_s": fixed_p, "preemption": preempt, "hooks_per_search_s": hooks,
+            "same_speed_ratio": same}
+
+
 def _median_or_none(xs) -> Optional[float]:
     xs = [x for x in xs if x is not None]
     return statistics.median(xs) if xs else None
@@ -313,11 +365,12 @@ def bench_overhead(args, root: str, save=lambda part: None) -> dict:
             run.update({"search_cpu_ratio": cpu_trials / cpu_proc,
                         "trial_search_cpu_per_wall": cpu_trials / wall_trials,
                         "process_search_cpu_per_wall": cpu_proc / sum(run["processes_per_search_s"])})
+            run.update(decompose(run, args.concurrent))
         save(out_d)
         print(f"overhead repeat {rep} ({run['order']}): sweep {sweep_s:.1f} s (tune fit {run['tune_fit_s']:.1f} s, "
               f"in-trial searches {[round(x) for x in run['in_trial_per_search_s']]} s) vs {args.concurrent} plain "
               f"processes {proc_s:.1f} s ({[round(x) for x in run['processes_per_search_s']]} s) -> "
-              f"{sweep_s / proc_s:.3f}", flush=True)
+              f"{sweep_s / proc_s:.3f} (same speed: {run.get('same_speed_ratio', float('nan')):.3f})", flush=True)
     ratios = [r["overhead_ratio_vs_processes"] for r in runs]
     last = runs[-1]
     out_d.update({"ray_init_s": last["ray_init_s"], "sweep_s": last["sweep_s"], "tune_fit_s": last["tune_fit_s"],
@@ -326,6 +379,8 @@ def bench_overhead(args, root: str, save=lambda part: None) -> dict:
                   "overhead_ratio_vs_processes": statistics.median(ratios),
                   "overhead_ratio_vs_processes_runs": ratios,
                   "per_search_ratio_median": _median_or_none(r["per_search_ratio_median"] for r in runs),
+                  "same_speed_ratio": _median_or_none(r.get("same_speed_ratio") for r in runs),
+                  "same_speed_ratio_runs": [r.get("same_speed_ratio") for r in runs],
                   "overhead_ratio_vs_processes_tune_fit": statistics.median(
                       r["overhead_ratio_vs_processes_tune_fit"] for r in runs)})
     save(out_d)
@@ -575,7 +630,8 @@ def main(argv: list[str] | None = None) -> dict:
                   f"{o['ray_init_s']:.1f} s; sweep / (time inside the trials' searches / {o['concurrent']}) = "
                   f"{o['orchestration_ratio']:.3f}; overhead_ratio_vs_processes (median of "
                   f"{len(o['overhead_ratio_vs_processes_runs'])}) {o['overhead_ratio_vs_processes']:.3f} "
-                  f"{[round(r, 3) for r in o['overhead_ratio_vs_processes_runs']]} (target <= 1.05); per epoch: "
+                  f"{[round(r, 3) for r in o['overhead_ratio_vs_processes_runs']]} (target <= 1.05), with the "
+                  f"searches' speed drift taken out {o.get('same_speed_ratio') or float('nan'):.3f}; per epoch: "
                   f"{o['per_epoch']}", flush=True)
         if not args.skip_throughput:
             res["throughput"] = bench_throughput(args, root)
