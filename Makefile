@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install sweep test test-quick test-busy bench clean
+.PHONY: install sweep test test-quick test-busy bench gpu-check gpu-data gpu-quality clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,19 @@ bench: $(STAMP)
 GPU_PY ?= $(if $(wildcard $(PY)),$(PY),python3)
 gpu-check:
 	$(GPU_PY) benchmarks/gpu_check.py --out gpu-check $(ARGS)
+
+## make gpu-data: the real data a device run carries (gpu-data/: 10,000 CIFAR-10 training + 1,000 test JPEGs, the
+## NB201 table; ~14 MiB); then, on the device: make gpu-quality GPU_OUT=$$OUT (pass gpu-data to carry)
+gpu-data: $(STAMP)
+	$(PY) benchmarks/gpu_data.py --out gpu-data $(ARGS)
+
+## make gpu-quality: TE-NAS's paper preset (both NTK couplings) and the combined score, 5 seeds, on gpu-data
+GPU_OUT ?= gpu-check
+gpu-quality:
+	mkdir -p $(GPU_OUT)
+	ISTANAS_SHARED_DATA=gpu-data $(GPU_PY) benchmarks/bench_tenas_quality.py \
+	    --json $(GPU_OUT)/tenas_quality_paper.json --preset paper --device cuda --seeds 5 \
+	    --couplings batch,frozen --combined-couplings frozen --skip-correlation $(ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
