@@ -1,7 +1,8 @@
 """The sweep driver, :func:`run_sweep` (``launch/sweep.py`` wraps it).
 
 Validate the config and the experiment folder (fresh: must not exist; ``resume``: must be restorable) before
-``ray.init``; start or join Ray (:mod:`orchestrator.cluster`); claim the sweep's name (:mod:`orchestrator.claim`);
+``ray.init``, under a lock on the sweep's local storage; start or join Ray (:mod:`orchestrator.cluster`); on a
+cluster, claim the sweep's name (:mod:`orchestrator.claim`);
 run a ``Tuner`` (the trainable of :mod:`orchestrator.tune_trial`, ``OptunaSearch`` behind a ``ConcurrencyLimiter``,
 ASHA over search epochs, trial checkpoints kept by Tune) or ``Tuner.restore`` it with ``resume``; :class:`SweepCallback`
 keeps the custom metrics, prints a line per finished trial, and creates the post-processing actor when the sweep's
@@ -33,7 +34,7 @@ from istanas import checkpoint as ckpt
 from istanas.config import ConfigError
 from ray.tune import Callback
 
-from .claim import claim_sweep
+from .claim import claim_sweep, lock_sweep
 from .cluster import cluster_address, exists, init_ray, preflight, read_text, warn_unplaceable, write_text
 from .metrics import SweepMetrics
 from .postprocess import create_postprocessor, record_from_result
@@ -386,7 +387,18 @@ def run_sweep(cfg: SweepConfig, *, resume: bool = False, search_fn: Optional[Cal
         cfg.validate()
     demands = sweep_demands(cfg)
     preflight(cfg, demands, storage_path=cfg.storage_path, seed=cfg.seed)
-    check_experiment(cfg, resume)
+    lock = None if cfg.is_uri else lock_sweep(cfg.storage, cfg.name)
+    try:
+        check_experiment(cfg, resume)
+        return _run_locked(cfg, demands, t0, resume=resume, search_fn=search_fn, echo=echo)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run_locked(cfg: SweepConfig, demands: dict, t0: float, *, resume: bool, search_fn: Optional[Callable],
+                echo: bool) -> SweepOutcome:
+    """:func:`run_sweep` once its checks passed and this driver holds the sweep's storage lock."""
     # Tune forces an experiment snapshot whenever a trial has written keep_checkpoints checkpoints since the
     # last one (what makes --resume exact); its warning about that is noise here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -394,7 +406,8 @@ def run_sweep(cfg: SweepConfig, *, resume: bool = False, search_fn: Optional[Cal
                        dashboard_note="; custom metrics ray_istanas_sweep_* on each node's Prometheus metrics port")
     import ray
 
-    if cluster_address(cfg):
+    joined = bool(cluster_address(cfg))
+    if joined:
         warn_unplaceable(demands)
     claim = None
     post = _POST[cfg.name] = _Postprocessing(cfg)
@@ -402,7 +415,8 @@ def run_sweep(cfg: SweepConfig, *, resume: bool = False, search_fn: Optional[Cal
     reset(cfg.name)
     partial = None
     try:
-        claim = claim_sweep(cfg.name)
+        if joined:   # other drivers share this cluster; an embedded Ray is this driver's alone (the lock guards it)
+            claim = claim_sweep(cfg.name)
         if not resume:
             save_sweep_config(cfg)
         tuner = build_tuner(cfg, search_fn=search_fn, echo=echo, resume=resume)
