@@ -5,8 +5,8 @@ second driver of the same sweep on the same storage (a second terminal, a ``--re
 fails at once, and the kernel drops the lock with its process, so a crashed driver leaves none behind.  It is the
 only guard of a sweep on an embedded local Ray, whose every driver starts a Ray of its own (an actor there would
 guard nothing, and its process takes ~1 % of a core from the trials: an idle Ray worker wakes every 10 ms).
-:func:`claim_sweep` (a sweep that joins a cluster) creates the actor ``istanas-sweep-<name>`` (namespace ``istanas``, no CPU) before the Tuner
-starts, so that a second driver of the same sweep fails at once with a clear message; the actor goes away with its
+:func:`claim_sweep` (a sweep that joins a cluster) creates the actor ``istanas-sweep-<name>`` (namespace
+``istanas``, no CPU) before the Tuner starts, so that a second driver of the same sweep fails at once with a clear message; the actor goes away with its
 driver's job, or when the driver kills it at the end.  This module imports nothing heavy: the actor's process
 loads only it (an actor that imported torch and the post-processing at the sweep's start took CPU from the
 trials' own start-up; see benchmarks/README.md).

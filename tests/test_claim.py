@@ -15,7 +15,7 @@ from orchestrator.claim import lock_path, lock_sweep
 from orchestrator.sweep_config import load_sweep_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="flock is POSIX")
+fcntl = pytest.importorskip("fcntl", reason="flock is POSIX")
 
 
 def test_a_second_lock_of_the_same_sweep_is_refused_and_a_released_one_taken_again(tmp_path):
