@@ -482,6 +482,17 @@ def _du(path: str, pattern: str = "") -> int:
     return total
 
 
+def worker_ends(profile_dir: str) -> dict[str, list[float]]:
+    """Each trial worker's (pid's) sorted search end times, from the profile files' names and contents."""
+    out: dict[str, list[float]] = collections.defaultdict(list)
+    for path in glob.glob(os.path.join(profile_dir, "*.json")):
+        with open(path, encoding="utf-8") as f:
+            t = json.load(f).get("t_end")
+        if isinstance(t, (int, float)):
+            out[os.path.basename(path).split("-")[1]].append(float(t))
+    return {k: sorted(v) for k, v in out.items()}
+
+
 def trial_end_times(profile_dir: str) -> list[float]:
     """Sorted wall-clock end times of every trial's search, from the profile file each trial wrote when its search
     returned (independent of Tune's result loggers and of the sweep's table columns)."""
@@ -524,7 +535,7 @@ def cluster_sweep(root: str, name: str, *, nodes: int, trials: int, epochs: int,
     res: dict = {}
     try:
         with _PeakRSS() as mem, _SuggestTimer() as sug:
-            t0 = time.perf_counter()
+            t0, wall0 = time.perf_counter(), time.time()
             out = run_sweep(cfg, search_fn=profiled_short_search, echo=False)
             total_s = time.perf_counter() - t0
         df = pd.read_parquet(out.table_parquet)
@@ -559,6 +570,11 @@ def cluster_sweep(root: str, name: str, *, nodes: int, trials: int, epochs: int,
                 "per_epoch": read_profiles(prof)})
     ends = trial_end_times(prof)
     res["trial_ends_found"] = len(ends)
+    if ends:  # the first wave's start-up (workers importing Tune + torch) and the last trial's end, from run_sweep's start
+        res["first_trial_end_s"] = ends[0] - wall0
+        res["last_trial_end_s"] = ends[-1] - wall0
+        res["workers"] = sorted(([len(v), round(v[0] - wall0, 2), round(v[-1] - wall0, 2)]
+                                 for v in worker_ends(prof).values()), key=lambda w: w[1])  # [trials, first, last end]
     if len(ends) >= 10:
         a, b = ends[len(ends) // 10], ends[(9 * len(ends)) // 10]
         n = (9 * len(ends)) // 10 - len(ends) // 10
