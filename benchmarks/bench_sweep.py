@@ -15,7 +15,7 @@
 2. Throughput.  ``ray.cluster_utils.Cluster``: a head with no CPUs and ``--nodes`` worker nodes of 2 CPUs each
    (all on this machine), ``--short-trials`` short stand-in trials (``--short-epochs`` epochs of
    ``--short-epoch-s`` s each, through the same trial adapter, Optuna, ASHA off), ``2 * nodes`` slots and
-   ``max_concurrent = 2 * slots`` (a suggested trial waits for each slot that frees; ``--set max_concurrent=N``).
+   ``max_concurrent: auto`` = 2 x slots (a suggested trial waits for each slot that frees; ``--set max_concurrent=N``).
    The sweep joins the cluster through its ``address`` (as ``--address`` does: the code travels as runtime_env
    py_modules).  Reported: trials per second over ``Tuner.fit``, the ideal rate (slots / trial duration), the
    efficiency, the mean trial time inside its worker, and how the trials spread over the nodes.
@@ -528,7 +528,7 @@ def cluster_sweep(root: str, name: str, *, nodes: int, trials: int, epochs: int,
     cluster.wait_for_nodes()
     slots = 2 * nodes
     # twice the slots: a suggested trial waits (its placement group requested) for every slot that frees up
-    base = [f"storage_path={root}", f"name={name}", f"num_samples={trials}", f"max_concurrent={2 * slots}",
+    base = [f"storage_path={root}", f"name={name}", f"num_samples={trials}", "max_concurrent=auto",
             "asha.enabled=false", "retrain.top_k=0", "dashboard=false", "verbose=0", f"search.epochs={epochs}",
             "search.device=cpu", "checkpoint_every=1000", *overrides]
     cfg = load_sweep_config(overrides=base + [f"address={cluster.address}"])
@@ -557,7 +557,7 @@ def cluster_sweep(root: str, name: str, *, nodes: int, trials: int, epochs: int,
     rate = len(df) / out.tune_time_s
     ideal = slots / trial_s
     res.update({"nodes": nodes, "cpus_per_node": 2, "slots": slots, "trials": int(len(df)),
-                "max_concurrent": cfg.max_concurrent, "loadavg_end": os.getloadavg(),
+                "max_concurrent": out.max_concurrent, "loadavg_end": os.getloadavg(),
                 "trial_duration_s": trial_s, "tune_fit_s": out.tune_time_s, "sweep_s": total_s,
                 "trial_time_total_s_mean": float(df["search_time_s"].mean()),
                 "trials_per_s": rate, "ideal_trials_per_s": ideal, "efficiency": rate / ideal,

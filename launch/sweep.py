@@ -42,7 +42,7 @@ examples:
   python launch/sweep.py --set space.lam.low=1e-6 --set space.m_per_node=true \\
       --set space.lr='{low: 0.01, high: 0.1}'
   # on a running cluster (ray start --head ...); RAY_ADDRESS works too
-  python launch/sweep.py --address auto --storage-path s3://bucket/sweeps
+  python launch/sweep.py --address auto --storage-path s3://bucket/sweeps --max-concurrent auto
   # the driver died: continue the same sweep (searcher state and trial checkpoints included)
   python launch/sweep.py --resume          # the latest sweep (or the one of --name / --storage-path)
   # rank genotypes by their TE-NAS score instead of the search's validation accuracy
@@ -61,7 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage-path", metavar="PATH_OR_URI",
                    help="where experiments live: a local folder (default runs/sweeps) or a URI (s3://, gs://, ...)")
     p.add_argument("--num-samples", type=int, metavar="N", help="number of trials (searches)")
-    p.add_argument("--max-concurrent", type=int, metavar="N", help="trials running at the same time")
+    p.add_argument("--max-concurrent", type=_concurrency, metavar="N|auto",
+                   help="trials suggested at a time (default 2); auto: twice the trials the cluster holds at once "
+                        "(resources_per_trial against its CPUs / GPUs when the sweep starts), which keeps every "
+                        "slot busy when trials last seconds")
     p.add_argument("--seed", type=int, metavar="N", help="seed of Optuna's TPE sampler")
     p.add_argument("--objective", choices=OBJECTIVES, help="val_acc (search validation accuracy) or tenas")
     p.add_argument("--address", help="a running Ray cluster ('auto', host:port, ray://host:port); default: "
@@ -75,6 +78,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no Tune status tables (per-trial lines remain)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     return p
+
+
+def _concurrency(text: str):
+    """``--max-concurrent``: a positive integer or ``auto``."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'auto', got {text!r}") from None
 
 
 def _explicit(args: argparse.Namespace) -> dict:
@@ -138,12 +151,17 @@ def resolve_config(args: argparse.Namespace) -> SweepConfig:
     return cfg
 
 
+def _at_a_time(max_concurrent) -> str:
+    return ("twice as many at a time as the cluster holds" if max_concurrent == "auto"
+            else f"{max_concurrent} at a time")
+
+
 def _run(args: argparse.Namespace) -> int:
     cfg = resolve_config(args)
     if args.print_config:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
         return 0
-    print(f"sweep {cfg.name}: {cfg.num_samples} {cfg.method} searches, {cfg.max_concurrent} at a time, objective "
+    print(f"sweep {cfg.name}: {cfg.num_samples} {cfg.method} searches, {_at_a_time(cfg.max_concurrent)}, objective "
           f"{cfg.objective}, -> {cfg.experiment_path}" + (" (resuming)" if args.resume else ""), flush=True)
     out = run_sweep(cfg, resume=args.resume, validate=False)
     if out.interrupted:

@@ -252,8 +252,9 @@ def result_loggers(cfg: SweepConfig) -> list:
 
 
 def build_tuner(cfg: SweepConfig, *, search_fn: Optional[Callable] = None, echo: bool = True,
-                resume: bool = False):
-    """The ``Tuner`` of ``cfg`` (or ``Tuner.restore`` of its experiment with ``resume``)."""
+                resume: bool = False, max_concurrent: Optional[int] = None):
+    """The ``Tuner`` of ``cfg`` (or ``Tuner.restore`` of its experiment with ``resume``); ``max_concurrent``: the
+    trials suggested at a time (default ``cfg.concurrency`` of the running Ray's resources)."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import ConcurrencyLimiter
@@ -268,7 +269,11 @@ def build_tuner(cfg: SweepConfig, *, search_fn: Optional[Callable] = None, echo:
                                   resume_errored=False, restart_errored=False)
     searcher = OptunaSearch(metric=cfg.metric, mode=cfg.mode, seed=cfg.seed,
                             points_to_evaluate=[dict(p) for p in cfg.points_to_evaluate] or None)
-    search_alg = ConcurrencyLimiter(searcher, max_concurrent=cfg.max_concurrent)
+    if max_concurrent is None:
+        import ray
+
+        max_concurrent = cfg.concurrency(ray.cluster_resources() if cfg.max_concurrent == "auto" else {})
+    search_alg = ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
     if cfg.asha.enabled:
         max_t = cfg.asha.max_t or search_epochs(cfg)
         scheduler = ASHAScheduler(time_attr="epoch", metric="val_acc", mode="max", max_t=max_t,
@@ -353,6 +358,8 @@ class SweepOutcome:
     num_not_started: int = 0
     #: (trial id, one-line reason) of every trial that ended in an error
     errors: list = field(default_factory=list)
+    #: the trials suggested at a time (``max_concurrent`` resolved; None on ``--resume``: the restored searcher's)
+    max_concurrent: Optional[int] = None
 
     @property
     def all_failed(self) -> bool:
@@ -419,7 +426,11 @@ def _run_locked(cfg: SweepConfig, demands: dict, t0: float, *, resume: bool, sea
             claim = claim_sweep(cfg.name)
         if not resume:
             save_sweep_config(cfg)
-        tuner = build_tuner(cfg, search_fn=search_fn, echo=echo, resume=resume)
+        limit = cfg.concurrency(ray.cluster_resources() if cfg.max_concurrent == "auto" else {})
+        if echo and cfg.max_concurrent == "auto" and not resume:
+            print(f"[sweep {cfg.name}] max_concurrent auto: {limit} trials at a time (2 x the "
+                  f"{limit // 2} that the cluster's resources hold at once)", flush=True)
+        tuner = build_tuner(cfg, search_fn=search_fn, echo=echo, resume=resume, max_concurrent=limit)
         t1 = time.perf_counter()
         grid = tuner.fit()
         tune_s = time.perf_counter() - t1
@@ -463,7 +474,7 @@ def _run_locked(cfg: SweepConfig, demands: dict, t0: float, *, resume: bool, sea
                        best=summary["best"], num_trials=summary["num_trials"], num_errors=summary["num_errors"],
                        tune_time_s=tune_s, wall_time_s=wall, summary=summary, interrupted=partial is not None,
                        partial_table=partial, num_unfinished=len(unfinished), num_not_started=not_started,
-                       errors=errors)
+                       errors=errors, max_concurrent=None if resume else limit)
 
 
 __all__ = ["run_sweep", "build_tuner", "param_space", "search_epochs", "check_experiment",

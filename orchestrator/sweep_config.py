@@ -30,7 +30,7 @@ import math
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Literal, Mapping, Optional, Sequence, Union
 
 import torch
 
@@ -192,7 +192,8 @@ class SweepConfig(RayClusterConfig, StoragePathMixin):
     """A Ray Tune sweep of two-stage ISTA-NAS searches (the defaults are the small no-argument sweep).
 
     name / storage_path: the experiment lives in ``storage_path/name`` (a local folder, made absolute, or any URI
-    Ray accepts, e.g. ``s3://bucket/sweeps``).  num_samples trials, at most max_concurrent at a time, suggested by
+    Ray accepts, e.g. ``s3://bucket/sweeps``).  num_samples trials, at most max_concurrent at a time (``auto``: twice
+    the trials the cluster holds at once when the sweep starts, :meth:`concurrency`), suggested by
     Optuna's TPE seeded with ``seed``.  ``method``: the search each trial runs (``twostage``: paper Algorithm 1) over
     the cell space ``search_space`` (``darts``); ``search_preset`` + ``search``
     (dotted ``TwoStageConfig`` keys) give the base search config that the sampled values override.
@@ -219,7 +220,7 @@ class SweepConfig(RayClusterConfig, StoragePathMixin):
     method: str = "twostage"
     search_space: str = "darts"
     num_samples: int = 6
-    max_concurrent: int = 2
+    max_concurrent: Union[int, Literal["auto"]] = 2
     seed: int = 0
     objective: str = "val_acc"
     table: Optional[str] = None
@@ -295,6 +296,23 @@ class SweepConfig(RayClusterConfig, StoragePathMixin):
         ``node_sizes()`` (preset < ``search``)."""
         return build_search_config(self, {}, validate=False).node_sizes()
 
+    def trial_slots(self, resources: Mapping[str, float]) -> int:
+        """Trials that ``resources`` (``ray.cluster_resources()``: ``{"CPU": n, "GPU": g, ...}``) hold at once at
+        ``resources_per_trial`` (at least 1; 1 when a trial asks for nothing)."""
+        res, caps = self.resources_per_trial, []
+        for key, need in (("CPU", res.cpu), ("GPU", res.gpu)):
+            if need > 0:
+                caps.append(math.floor(float(resources.get(key, 0.0)) / need + 1e-9))
+        return max(1, min(caps)) if caps else 1
+
+    def concurrency(self, resources: Mapping[str, float]) -> int:
+        """The trials suggested at a time: ``max_concurrent``, or with ``auto`` twice :meth:`trial_slots` of the
+        cluster when the sweep starts (a suggested trial then waits, its placement group requested, for each slot
+        that frees: what keeps seconds-long trials' slots busy, benchmarks/README.md)."""
+        if self.max_concurrent == "auto":
+            return 2 * self.trial_slots(resources)
+        return int(self.max_concurrent)
+
     # ----------------------------------------------------------------------------------------- validation
     def validate(self) -> None:
         """Check every field, then build and validate the two-stage (and retrain) configs at the corners of the
@@ -315,7 +333,9 @@ class SweepConfig(RayClusterConfig, StoragePathMixin):
               f"{list(spaces)}" + (" (NAS-Bench-201 is searched by TE-NAS, launch/tenas.py)"
                                    if self.search_space == "nb201" else ""))
         check(self.num_samples >= 1, f"num_samples must be >= 1, got {self.num_samples}")
-        check(self.max_concurrent >= 1, f"max_concurrent must be >= 1, got {self.max_concurrent}")
+        mc = self.max_concurrent
+        check(mc == "auto" or (isinstance(mc, int) and not isinstance(mc, bool) and mc >= 1),
+              f"max_concurrent must be an integer >= 1 or 'auto', got {mc!r}")
         check(self.objective in OBJECTIVES,
               f"objective: unknown objective {self.objective!r}; choose one of {list(OBJECTIVES)}")
         check(self.checkpoint_every >= 1, f"checkpoint_every must be >= 1, got {self.checkpoint_every}")

@@ -205,7 +205,7 @@ def test_four_quarter_gpu_trials_share_one_gpu_and_a_fifth_waits(tmp_path):
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     marks = tmp_path / "marks"
     marks.mkdir()
-    cfg = load_sweep_config(overrides=[f"storage_path={tmp_path}", "name=pack", "num_samples=5", "max_concurrent=5",
+    cfg = load_sweep_config(overrides=[f"storage_path={tmp_path}", "name=pack", "num_samples=5", "max_concurrent=auto",
                                        "num_cpus=6", "num_gpus=1",
                                        "asha.enabled=false", "retrain.top_k=0", "dashboard=false", "verbose=0",
                                        "resources_per_trial.gpu=0.25", "resources_per_trial.cpu=1",
@@ -227,6 +227,8 @@ def test_four_quarter_gpu_trials_share_one_gpu_and_a_fifth_waits(tmp_path):
         (marks / "release").write_text("go")
         th.join(timeout=600)
         assert not th.is_alive() and out["r"].num_trials == 5 and out["r"].num_errors == 0
+        # auto: twice the 4 trials the 6 CPUs / 1 GPU hold at gpu 0.25, cpu 1 (so the fifth was suggested and waited)
+        assert out["r"].max_concurrent == 8
     finally:
         (marks / "release").write_text("go")
         th.join(timeout=600)  # never shut Ray down under a running sweep (its threads would outlive this test)

@@ -133,6 +133,8 @@ BAD = [
     (["search_preset=huge"], "search_preset"),
     (["num_samples=0"], "num_samples"),
     (["max_concurrent=0"], "max_concurrent"),
+    (["max_concurrent=sometimes"], "max_concurrent"),
+    (["max_concurrent=true"], "max_concurrent"),
     (["resources_per_trial.cpu=0"], "resources_per_trial.cpu"),
     (["resources_per_trial.gpu=1.5"], "resources_per_trial.gpu"),
     (["asha.reduction_factor=1"], "reduction_factor"),
@@ -194,6 +196,12 @@ def test_cli_print_config(capsys, tmp_path):
 
     out = yaml.safe_load(capsys.readouterr().out)
     assert out["num_samples"] == 5 and out["dashboard"] is False and out["space"]["lam"]["log"] is True
+    assert out["max_concurrent"] == 2
+    assert mod.main(["--storage-path", str(tmp_path), "--max-concurrent", "auto", "--print-config"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["max_concurrent"] == "auto"
+    with pytest.raises(SystemExit):
+        mod.main(["--storage-path", str(tmp_path), "--max-concurrent", "many", "--print-config"])
+    assert "expected an integer or 'auto'" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------------- post-processing
@@ -406,3 +414,25 @@ def test_report_has_tables_plots_and_cells(tmp_path):
                 f"cells/{v2}_reduce.png"):
         assert os.path.getsize(tmp_path / "figures" / fig) > 1000 and f"figures/{fig}" in text
     assert "<table>" in open(html).read()
+
+
+def test_max_concurrent_auto_is_twice_the_trials_the_cluster_holds():
+    # an independent count: how many trials of (cpu, gpu) fit a cluster's totals, by adding trials one at a time
+    def fits(cpus, gpus, cpu, gpu):
+        n = 0
+        while (n + 1) * cpu <= cpus + 1e-9 and (n + 1) * gpu <= gpus + 1e-9:
+            n += 1
+        return n
+
+    for cpus, gpus, cpu, gpu in [(6, 0, 1, 0), (6, 1, 1, 0.25), (8, 2, 1, 0.3), (64, 8, 2, 0.5), (3, 0, 2, 0),
+                                 (32, 4, 1, 1.0 / 3.0)]:
+        cfg = load_sweep_config(overrides=["max_concurrent=auto", f"resources_per_trial.cpu={cpu}",
+                                           f"resources_per_trial.gpu={gpu}"])
+        cfg.validate()
+        res = {"CPU": float(cpus), "GPU": float(gpus), "memory": 1e9}
+        assert cfg.trial_slots(res) == fits(cpus, gpus, cpu, gpu), (cpus, gpus, cpu, gpu)
+        assert cfg.concurrency(res) == 2 * fits(cpus, gpus, cpu, gpu)
+    # a cluster that holds no trial yet (an autoscaler's head alone) still suggests 2; a number is kept as given
+    cfg = load_sweep_config(overrides=["max_concurrent=auto", "resources_per_trial.gpu=1"])
+    assert cfg.concurrency({"CPU": 4.0}) == 2
+    assert load_sweep_config(overrides=["max_concurrent=5"]).concurrency({"CPU": 100.0}) == 5
