@@ -42,6 +42,7 @@ from .results import build_table
 from .sweep_config import INT_PARAMS, LOG_DEFAULT, SweepConfig, build_search_config
 from .tune_trial import STATE_FILE, make_trainable
 from .unplaceable import UnplaceableStopper, UnplaceableTrialError, UnplaceableWatch, reset, unplaceable_message
+from .warm_start import close_gate, open_gate
 
 CONFIG_NAME = "sweep_config.json"
 PARTIAL_TABLE = "sweep_results.partial.csv"
@@ -416,7 +417,7 @@ def _run_locked(cfg: SweepConfig, demands: dict, t0: float, *, resume: bool, sea
     joined = bool(cluster_address(cfg))
     if joined:
         warn_unplaceable(demands)
-    claim = None
+    claim = gate = None
     post = _POST[cfg.name] = _Postprocessing(cfg)
     _ENDED[cfg.name], _ENDED_BEFORE[cfg.name] = set(), None
     reset(cfg.name)
@@ -430,6 +431,9 @@ def _run_locked(cfg: SweepConfig, demands: dict, t0: float, *, resume: bool, sea
         if echo and cfg.max_concurrent == "auto" and not resume:
             print(f"[sweep {cfg.name}] max_concurrent auto: {limit} trials at a time (2 x the "
                   f"{limit // 2} that the cluster's resources hold at once)", flush=True)
+        if cfg.reuse_actors and not resume:
+            gate = open_gate(cfg.name, min(cfg.num_samples, limit, cfg.trial_slots(ray.cluster_resources())),
+                             cfg.warm_start_timeout_s)
         tuner = build_tuner(cfg, search_fn=search_fn, echo=echo, resume=resume, max_concurrent=limit)
         t1 = time.perf_counter()
         grid = tuner.fit()
@@ -455,6 +459,7 @@ def _run_locked(cfg: SweepConfig, demands: dict, t0: float, *, resume: bool, sea
             if os.path.isfile(stale):
                 os.unlink(stale)
     finally:
+        close_gate(gate)
         _POST.pop(cfg.name, None)
         for actor in (post.handle, claim):
             if actor is not None:

@@ -207,7 +207,10 @@ class SweepConfig(RayClusterConfig, StoragePathMixin):
     cell's table accuracies and percentiles are then columns of the results.  ``points_to_evaluate``: configs Optuna tries first.  ``results_dir``: where the
     table and report go (default ``storage_path/name/results`` for a local storage_path, else
     ``runs/sweeps/<name>/results``, uploaded to the storage URI too).  ``reuse_actors``: a finished trial's Ray
-    actor (its process, with torch imported) runs the next trial.  ``tensorboard``: Tune's TensorBoard event
+    actor (its process, with torch imported) runs the next trial; ``warm_start_timeout_s``: with it, the first
+    trial of each worker waits until every slot's worker has started (at most this long; 0: no wait), since Tune
+    would otherwise hand finished actors to the trials whose own actors are still starting, and those slots would
+    stay empty (:mod:`orchestrator.warm_start`).  ``tensorboard``: Tune's TensorBoard event
     files per trial as well (off: the driver writes only each trial's ``result.json`` / ``progress.csv``; the event
     writer slows the driver's handling of every report, see docs/scaling.md).  ``address``: a running cluster (``auto``) or
     null for an embedded local Ray (``num_cpus``/``num_gpus`` null = all).  The dashboard binds ``dashboard_host``
@@ -238,6 +241,7 @@ class SweepConfig(RayClusterConfig, StoragePathMixin):
     max_failures: int = 0
     unplaceable_timeout_s: float = 600.0   # orchestrator.unplaceable: then a trial no node holds ends the sweep
     reuse_actors: bool = True
+    warm_start_timeout_s: float = 120.0    # orchestrator.warm_start: the first wave waits for every slot's worker
     tensorboard: bool = False
     verbose: int = 1
 
@@ -341,6 +345,9 @@ class SweepConfig(RayClusterConfig, StoragePathMixin):
         check(self.checkpoint_every >= 1, f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
         check(self.keep_checkpoints >= 1, f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
         check(self.max_failures >= 0, f"max_failures must be >= 0, got {self.max_failures}")
+        w = self.warm_start_timeout_s
+        check(isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w >= 0,
+              f"warm_start_timeout_s must be a finite number of seconds >= 0 (0: no gate), got {w!r}")
         t = self.unplaceable_timeout_s
         check(isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and t > 0,
               f"unplaceable_timeout_s must be a finite number of seconds > 0, got {t!r}")

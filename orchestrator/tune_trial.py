@@ -36,6 +36,7 @@ from spaces.registry import load_genotype
 from .resources import check_trial_fits
 from .results import bench_acc_column, benchmark_metrics, scalar_metrics
 from .sweep_config import SweepConfig, build_search_config, build_tenas_config
+from .warm_start import pass_gate
 
 STATE_FILE = "search_state.pt"
 #: ``search_fn(cfg, *, data=None, on_epoch_end=None, resume=None, progress=False)`` -> a SearchResult (or a
@@ -197,6 +198,7 @@ def run_trial(config: dict, sweep_dict: dict, search_fn: Optional[SearchFn] = No
     check_trial_fits(search_cfg, sweep.resources_per_trial.gpu)  # on CUDA: its GPU share, before any data is read
     reporter = TrialReporter(sweep)
     resume = _load_resume()
+    pass_gate(sweep.name)  # a worker's first trial waits for every slot's worker to start (orchestrator.warm_start)
     t0 = time.perf_counter()
     if search_fn is None:
         result = run_search(sweep.method, search_cfg, on_epoch_end=reporter.on_epoch_end, resume=resume,
