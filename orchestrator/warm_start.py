@@ -7,13 +7,13 @@ stay empty for the whole sweep: 7 of 16 slots on 8 simulated nodes with 2-s tria
 
 :class:`WarmGate` is a named async actor (no CPU) that holds each worker's first trial until ``expected`` workers
 (the trials the cluster holds at once, at most ``num_samples``) have arrived, or ``timeout_s`` has passed (a node
-that never comes, an autoscaler's node still booting).  The driver kills it once it opened; a worker that finds
-no gate (a later start, a restarted trial) runs at once.  This module imports nothing heavy.
+that never comes, an autoscaler's node still booting).  Once open it lets every later worker (a restarted
+trial, a node that joined) through at once; it lives until the sweep ends (killed as soon as it opened, the
+replies to the workers it had held could be lost in flight).  This module imports nothing heavy.
 """
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from typing import Any, Optional
 
@@ -67,8 +67,8 @@ class WarmGate:
 
 
 def open_gate(sweep_name: str, expected: int, timeout_s: float) -> Optional[Any]:
-    """Create the gate of ``sweep_name`` (Ray must be up) and a driver thread that kills it once it opened;
-    None when ``timeout_s`` <= 0 or ``expected`` <= :data:`MIN_SLOTS` (2 workers start side by side, and the
+    """Create the gate of ``sweep_name`` (Ray must be up; the driver kills it with :func:`close_gate` when the
+    sweep ends); None when ``timeout_s`` <= 0 or ``expected`` <= :data:`MIN_SLOTS` (2 workers start side by side, and the
     gate's own worker would cost the sweep more than it saves)."""
     import ray
 
@@ -79,21 +79,8 @@ def open_gate(sweep_name: str, expected: int, timeout_s: float) -> Optional[Any]
         ray.kill(ray.get_actor(name, namespace=NAMESPACE))
     except ValueError:
         pass
-    gate = ray.remote(WarmGate).options(name=name, namespace=NAMESPACE, num_cpus=0, max_restarts=0,
+    return ray.remote(WarmGate).options(name=name, namespace=NAMESPACE, num_cpus=0, max_restarts=0,
                                         max_concurrency=max(1000, 4 * expected)).remote(expected, timeout_s)
-
-    def close() -> None:
-        try:
-            ray.get(gate.wait.remote())
-        except Exception:  # the sweep ended first and shut Ray down: nothing left to close
-            return
-        try:
-            ray.kill(gate)
-        except Exception:
-            pass
-
-    threading.Thread(target=close, name=f"{name}-close", daemon=True).start()
-    return gate
 
 
 def close_gate(gate: Optional[Any]) -> None:

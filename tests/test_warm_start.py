@@ -37,7 +37,9 @@ def test_gate_holds_every_caller_until_the_last_expected_one_arrives(ray_local):
     last = gate.arrive.remote()
     counts = ray.get(first + [last], timeout=120)
     assert counts == [3, 3, 3]
-    # the driver's closer thread kills the gate once it opened; a worker that comes later finds none
+    # open, it lets a later worker (a restarted trial, a node that joined) through at once, until the sweep ends
+    assert ray.get(gate.arrive.remote(), timeout=120) == 4
+    warm_start.close_gate(gate)
     assert _wait_gone(ray, warm_start.gate_name("g3"))
 
 
@@ -47,6 +49,7 @@ def test_gate_opens_at_its_deadline_for_the_workers_that_came(ray_local):
     gate = warm_start.open_gate("g-late", expected=4, timeout_s=1.5)
     counts = ray.get([gate.arrive.remote() for _ in range(2)], timeout=120)
     assert counts == [2, 2] and time.monotonic() - t0 >= 1.0   # held to the deadline, then let through
+    warm_start.close_gate(gate)
     assert _wait_gone(ray, warm_start.gate_name("g-late"))
 
 
