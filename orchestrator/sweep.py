@@ -427,12 +427,13 @@ def _run_locked(cfg: SweepConfig, demands: dict, t0: float, *, resume: bool, sea
             claim = claim_sweep(cfg.name)
         if not resume:
             save_sweep_config(cfg)
-        limit = cfg.concurrency(ray.cluster_resources() if cfg.max_concurrent == "auto" else {})
+        resources = ray.cluster_resources()
+        limit = cfg.concurrency(resources)
         if echo and cfg.max_concurrent == "auto" and not resume:
             print(f"[sweep {cfg.name}] max_concurrent auto: {limit} trials at a time (2 x the "
                   f"{limit // 2} that the cluster's resources hold at once)", flush=True)
         if cfg.reuse_actors and not resume:
-            gate = open_gate(cfg.name, min(cfg.num_samples, limit, cfg.trial_slots(ray.cluster_resources())),
+            gate = open_gate(cfg.name, min(cfg.num_samples, limit, cfg.trial_slots(resources)),
                              cfg.warm_start_timeout_s)
         tuner = build_tuner(cfg, search_fn=search_fn, echo=echo, resume=resume, max_concurrent=limit)
         t1 = time.perf_counter()

@@ -17,7 +17,8 @@ import asyncio
 import time
 from typing import Any, Optional
 
-NAMESPACE = "istanas"
+from .claim import NAMESPACE
+
 PREFIX = "istanas-warm-"
 MIN_SLOTS = 2
 
@@ -34,19 +35,13 @@ class WarmGate:
         self.deadline = time.monotonic() + float(timeout_s)
         self.count = 0
         self.opened = asyncio.Event()
-        self.opened_at: Optional[float] = None
-
-    def _open(self) -> None:
-        if not self.opened.is_set():
-            self.opened_at = time.monotonic()
-            self.opened.set()
 
     async def arrive(self) -> int:
         """Count this worker in and wait for the gate to open; returns the workers that arrived before it opened
         (or by now)."""
         self.count += 1
         if self.count >= self.expected:
-            self._open()
+            self.opened.set()
         await self.wait()
         return self.count
 
@@ -62,7 +57,7 @@ class WarmGate:
                 await asyncio.wait_for(self.opened.wait(), timeout=left)
             except asyncio.TimeoutError:
                 pass
-        self._open()
+        self.opened.set()
         return self.count
 
 
