@@ -103,14 +103,13 @@ def _saved_storages(fn: Any, exclude: set[int]) -> dict[int, int]:
     seen: dict[int, int] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
-        try:
-            st = t.untyped_storage()
-            ptr = st.data_ptr()
-            if ptr not in exclude:
-                seen[ptr] = max(seen.get(ptr, 0), st.nbytes())
-        except (RuntimeError, NotImplementedError):
-            pass  # no plain storage (sparse, nested, meta, functorch wrappers): not counted; the per-space factor
-            #       of the estimate covers them
+        if t.layout != torch.strided or t.is_nested:  # no plain storage (sparse, nested): its dense size, once
+            seen[-id(t)] = t.numel() * t.element_size()
+            return t
+        st = t.untyped_storage()
+        ptr = st.data_ptr()
+        if ptr not in exclude:
+            seen[ptr] = max(seen.get(ptr, 0), st.nbytes())
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):

@@ -240,3 +240,12 @@ def test_four_quarter_gpu_trials_share_one_gpu_and_a_fifth_waits(tmp_path):
     assert _peak_concurrency(s, e) == 4
     assert max(s[:4]) < min(e)                                           # the first four ran at once
     assert s[4] >= min(e)                                                # the fifth started after one ended
+
+
+def test_saved_tensors_without_plain_storage_count_at_their_dense_size():
+    # torch.sparse.mm saves the sparse operand for the backward: it has no untyped storage, so it counts as
+    # numel * element_size (a conservative stand-in; before, it was silently left out)
+    sp = torch.eye(6, dtype=torch.float64).to_sparse()
+    d = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
+    seen = resources._saved_storages(lambda: torch.sparse.mm(sp, d), set())
+    assert sorted(seen.values()) == [6 * 6 * 8]
